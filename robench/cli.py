@@ -1,0 +1,113 @@
+"""The `robench` command line: parse options into config objects, call the library, print.
+
+No logic lives here. Every RobenchError (and an unwritable path) becomes a one-line message on
+stderr and exit status 1, in one place: `RobenchGroup.invoke`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .errors import RobenchError
+from .train import TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+class RobenchGroup(click.Group):
+    """A click group that turns user-facing errors into one line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RobenchError as exc:
+            raise click.ClickException(str(exc)) from None
+        except PermissionError as exc:
+            raise click.ClickException(f"permission denied: {exc.filename}") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished work is saved, rerun the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=RobenchGroup, context_settings={"auto_envvar_prefix": "ROBENCH", "show_default": True})
+@click.version_option(package_name="robench")
+def cli() -> None:
+    """Train classifiers with and without Jacobian regularization and measure their robustness."""
+
+
+@cli.command()
+@click.option("--model", default=DEFAULTS.model, help="Architecture: lenet, lenet5, mlp, resnet18.")
+@click.option("--dataset", default=DEFAULTS.dataset, help="mnist or cifar10.")
+@click.option("--jr", type=float, default=DEFAULTS.jr, help="Jacobian regularization strength lambda_JR (0 = off).")
+@click.option("--nproj", type=int, default=DEFAULTS.nproj, help="Random projections per example for the JR estimate.")
+@click.option("--exact", is_flag=True, default=DEFAULTS.exact, help="Compute the JR penalty exactly (one pass per class).")
+@click.option("--l2", type=float, default=DEFAULTS.l2, help="L2 weight decay lambda_WD (paper: 0.0005).")
+@click.option("--dropout", type=float, default=DEFAULTS.dropout, help="Dropout rate (paper: 0.5).")
+@click.option("--adv-train", type=click.Choice(["fgsm"]), default=None, help="Adversarial training method.")
+@click.option("--adv-eps", type=float, default=DEFAULTS.adv_eps, help="Adversarial training epsilon (L-inf, pixels in [0, 1]).")
+@click.option("--epochs", type=int, default=DEFAULTS.epochs, help="Epochs (the paper: 250).")
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size)
+@click.option("--lr", type=float, default=DEFAULTS.lr, help="Initial learning rate.")
+@click.option("--momentum", type=float, default=DEFAULTS.momentum)
+@click.option("--schedule", type=click.Choice(["quench", "constant"]), default=DEFAULTS.schedule,
+              help="quench: lr/10 at 1/3 and again at 2/3 of training (the paper's recipe).")
+@click.option("--seed", type=int, default=DEFAULTS.seed)
+@click.option("--train-subset", type=int, default=None, help="Train on the first N training images.")
+@click.option("--test-subset", type=int, default=None, help="Test on the first N test images.")
+@click.option("--norm-samples", type=int, default=DEFAULTS.norm_samples,
+              help="Test images used for the per-epoch exact ||J||_F.")
+@click.option("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-root", default=None, help="Dataset directory (CIFAR-10; MNIST download fallback).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--force", is_flag=True, help="Overwrite the run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(out_dir: str, resume: bool, force: bool, quiet: bool, **options) -> None:
+    """Train a model (optionally with JR, L2, dropout, FGSM adversarial training) into a run directory."""
+    from .train import train as run_training
+
+    if resume and force:
+        raise RobenchError("--resume and --force exclude each other")
+    config = TrainConfig(**options)
+    meta = run_training(config, out_dir, resume=resume, force=force, show_progress=not quiet)
+    metrics = meta.get("metrics", {})
+    click.echo(
+        f"{out_dir}: {config.model} [{config.defense}] test accuracy "
+        f"{metrics.get('test_accuracy', float('nan')):.4f}, mean test ||J||_F "
+        f"{metrics.get('test_jacobian_norm', float('nan')):.3f}"
+    )
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+def show(runs: tuple[str, ...]) -> None:
+    """Print trained runs side by side: defense, epochs, test accuracy, mean test ||J||_F."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .checkpoint import read_meta
+
+    table = Table(title="robench runs")
+    for column in ("run", "model", "defense", "epochs", "test accuracy", "mean test ||J||_F", "train s"):
+        table.add_column(column, justify="left" if column in ("run", "model", "defense") else "right")
+    for run in runs:
+        meta = read_meta(run)
+        metrics = meta.get("metrics", {})
+        table.add_row(
+            run, meta["config"]["model"], meta.get("defense", "?"), str(meta.get("epochs_done", 0)),
+            f"{metrics.get('test_accuracy', float('nan')):.4f}",
+            f"{metrics.get('test_jacobian_norm', float('nan')):.3f}",
+            f"{meta.get('train_seconds', float('nan')):.0f}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="robench")
+
+
+if __name__ == "__main__":
+    main()

