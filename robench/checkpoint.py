@@ -80,19 +80,25 @@ def read_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_weights(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int]:
-    """Read model.safetensors; returns (state dict, epoch stored in its header)."""
-    from safetensors import safe_open
-
+    """Read a run's model.safetensors; returns (state dict, epoch stored in its header)."""
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise RobenchError(f"no checkpoint at {run_dir}: {MODEL_FILE} is missing")
+    state, header = read_weights_file(path)
+    return state, int(header.get("robench_epoch", "-1"))
+
+
+def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read any safetensors file; returns (state dict, header metadata)."""
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys()}
             header = handle.metadata() or {}
     except Exception as exc:
         raise RobenchError(f"checkpoint {path} is corrupt ({type(exc).__name__})") from None
-    return state, int(header.get("robench_epoch", "-1"))
+    return state, header
 
 
 def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

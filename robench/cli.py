@@ -11,9 +11,11 @@ import sys
 import click
 
 from .errors import RobenchError
+from .evaluate import EvalConfig
 from .train import TrainConfig
 
 DEFAULTS = TrainConfig()
+EVAL_DEFAULTS = EvalConfig()
 
 
 class RobenchGroup(click.Group):
@@ -102,6 +104,50 @@ def show(runs: tuple[str, ...]) -> None:
             f"{meta.get('train_seconds', float('nan')):.0f}",
         )  # fmt: skip
     Console().print(table)
+
+
+@cli.command(name="eval")
+@click.argument("models", nargs=-1, type=click.Path())
+@click.option("--attack", "attacks", default=EVAL_DEFAULTS.attacks,
+              help="Comma-separated attack names (files in attacks/), or 'all'.")
+@click.option("--eps", default=None, help="Epsilon list overriding the attacks' grids, e.g. '0,0.1,0.3' or '0,8/255'.")
+@click.option("--n", type=int, default=None, help="Evaluate the first N test images (default: all).")
+@click.option("--batch-size", type=int, default=EVAL_DEFAULTS.batch_size)
+@click.option("--device", default=EVAL_DEFAULTS.device, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=EVAL_DEFAULTS.seed, help="Seeds random starts and noise.")
+@click.option("--arch", default=None, help="Evaluate a robench or torchvision architecture with --weights.")
+@click.option("--weights", type=click.Path(), default=None, help="Weights file for --arch (.safetensors or .pth).")
+@click.option("--dataset", default="mnist", help="Dataset of an --arch model.")
+@click.option("--data-root", default=None, help="Dataset directory (CIFAR-10).")
+@click.option("--out", type=click.Path(), default=None, help="Results CSV (default results/<dataset>.csv).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, weights: str | None,
+                 dataset: str, out: str | None, quiet: bool, **options) -> None:
+    """Attack MODELS (robench run directories) over an epsilon grid and append rows to a CSV."""
+    from rich.console import Console
+
+    from .attacks import parse_eps
+    from .checks import warnings_for
+    from .evaluate import evaluate
+    from .progress import console
+    from .sources import from_run, from_weights
+    from .tables import attack_tables, clean_table
+
+    if (arch is None) != (weights is None):
+        raise RobenchError("--arch and --weights go together")
+    if not models and arch is None:
+        raise RobenchError("name at least one model (a robench run directory) or --arch with --weights")
+    config = EvalConfig(eps=tuple(parse_eps(eps)) if eps is not None else None, **options).validate()
+    sources = [from_run(m) for m in models]
+    if arch is not None:
+        sources.append(from_weights(arch, weights, dataset))
+    df = evaluate(sources, config, out=out, show_progress=not quiet)
+    stdout = Console()
+    stdout.print(clean_table(df))
+    for table in attack_tables(df):
+        stdout.print(table)
+    for line in warnings_for(df):
+        console().print(f"[yellow]warning:[/] {line}")
 
 
 def main() -> None:
