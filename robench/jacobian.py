@@ -41,11 +41,7 @@ class JacobianReg(nn.Module):
 
     def __init__(self, n_proj: int | None = 1):
         super().__init__()
-        if n_proj == -1:
-            n_proj = None
-        if n_proj is not None and (not isinstance(n_proj, int) or n_proj < 1):
-            raise ValueError(f"n_proj must be a positive integer, None or -1, got {n_proj!r}")
-        self.n_proj = n_proj
+        self.n_proj = _check_n_proj(n_proj)
 
     def forward(
         self, x: torch.Tensor, logits: torch.Tensor, generator: torch.Generator | None = None
@@ -86,6 +82,7 @@ def frobenius_sq(
         Tensor of shape B (differentiable when create_graph is true).
     """
     _check_inputs(x, logits)
+    n_proj = _check_n_proj(n_proj)
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
     batch, classes = logits.shape
@@ -104,8 +101,10 @@ def frobenius_sq(
         last = k == len(directions) - 1
         (grad_x,) = torch.autograd.grad(
             logits, x, grad_outputs=v, retain_graph=create_graph or not last,
-            create_graph=create_graph,
+            create_graph=create_graph, allow_unused=True,
         )  # fmt: skip
+        if grad_x is None:
+            raise ValueError("logits do not depend on x: compute logits = model(x) from this x, not a detached copy")
         total = total + grad_x.pow(2).reshape(batch, -1).sum(dim=1)
     return scale * total
 
@@ -128,6 +127,15 @@ def jacobian_norm(model: nn.Module, x: torch.Tensor, *, batch_size: int = 500) -
     return torch.cat(results)
 
 
+def _check_n_proj(n_proj: int | None) -> int | None:
+    """-1 means exact, as in the reference code; otherwise a positive integer or None."""
+    if n_proj == -1:
+        return None
+    if n_proj is not None and (not isinstance(n_proj, int) or isinstance(n_proj, bool) or n_proj < 1):
+        raise ValueError(f"n_proj must be a positive integer, None or -1, got {n_proj!r}")
+    return n_proj
+
+
 def _check_inputs(x: torch.Tensor, logits: torch.Tensor) -> None:
     if not x.requires_grad:
         raise ValueError(
@@ -140,4 +148,6 @@ def _check_inputs(x: torch.Tensor, logits: torch.Tensor) -> None:
     if logits.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but logits have {logits.shape[0]}")
     if not logits.requires_grad:
-        raise ValueError("logits do not depend on x: compute them from x after requires_grad_(True)")
+        raise ValueError(
+            "logits do not require grad: compute them from x with grad mode on (not under torch.no_grad)"
+        )
