@@ -400,8 +400,12 @@ def test_other_misuse_is_refused():
         frobenius_sq(xg, logits.reshape(-1))
     with pytest.raises(ValueError, match="examples"):
         frobenius_sq(xg[:2], logits)
-    with pytest.raises(ValueError, match="do not depend on x"):
+    with pytest.raises(ValueError, match="do not require grad"):
         frobenius_sq(xg, logits.detach())
+    with pytest.raises(ValueError, match="do not depend on x"):
+        frobenius_sq(xg, model(xg.detach().clone().requires_grad_(True)))
+    with pytest.raises(ValueError, match="n_proj"):
+        frobenius_sq(xg, logits, n_proj=0)
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "1"])
