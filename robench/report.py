@@ -1,0 +1,354 @@
+"""`robench report`: results CSVs -> summary.csv, one accuracy-vs-epsilon PNG per attack, report.md/html.
+
+Summary columns, one row per model (weights hash):
+    model, defense, dataset, n, seed      n: the fewest test images behind any number in the row;
+                                          seed: the evaluation seed
+    clean_accuracy                        epsilon = 0 accuracy (the jacobian_norm row's, if present)
+    jacobian_norm                         mean exact test ||J||_F
+    cw_median_distance                    median minimal L2 distance found by CW (inf: most examples
+                                          never broken; empty: not run); any other minimization
+                                          attack X gets X_median_distance
+    auc_<attack>                          area under accuracy vs epsilon (trapezoid rule) divided by
+                                          the epsilon range: the mean accuracy over the grid's range,
+                                          in [0, 1]. Comparable only between models on the same grid.
+    eps50_<attack>                        the epsilon at which accuracy first falls below 0.5,
+                                          linearly interpolated between grid points (empty: never)
+    flags                                 union of the rows' honesty flags
+When a model was evaluated more than once, each attack uses its evaluation with the largest n (then
+the one listed last), and of duplicate (attack, epsilon) rows the one listed last: later CSVs win.
+Models with the same dataset, architecture and defense label are drawn as one curve, the mean with a
+±1 sample-standard-deviation band (the paper's Figure 3 averages 5 seeds this way).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .errors import RobenchError
+from .fileio import write_atomic, write_text_atomic
+from .plots import Curve
+from .results import COLUMNS, JACOBIAN_ATTACK, read_results
+
+REQUIRED = ("model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed", "model_hash")
+FORMATS = ("md", "html")
+LEVEL = 0.5  # eps50: where accuracy first drops below this
+DISTANCE_ATTACKS = ("cw",)  # always get a median-distance column, even when not run
+BAND_KEY = ["dataset", "_arch", "defense"]  # models sharing these are averaged into one curve
+CONFIG_IGNORED = ("seed", "device", "data_root")  # may differ between runs averaged into one band
+
+
+class Report(NamedTuple):
+    """What `write_report` produced: the summary table and the files written."""
+
+    summary: pd.DataFrame
+    files: list[Path]
+
+
+def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    """Read and concatenate results CSVs, refusing missing files and tables robench did not write."""
+    if not paths:
+        raise RobenchError("name at least one results CSV")
+    frames = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise RobenchError(f"results file {path} not found" if not path.exists() else f"{path} is not a file")
+        df = read_results(path)
+        missing = [c for c in REQUIRED if c not in df.columns]
+        if missing:
+            raise RobenchError(f"{path} is not a robench results CSV (missing columns: {', '.join(missing)})")
+        if df.empty:
+            raise RobenchError(f"{path} holds no results")
+        df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
+        for column in ("epsilon", "accuracy", "n", "seed", "value"):
+            numbers = pd.to_numeric(df[column], errors="coerce")
+            if column != "value" and numbers.isna().any():
+                raise RobenchError(f"{path} is not a robench results CSV (column {column} is not numeric)")
+            df[column] = numbers
+        for column in ("model", "dataset", "defense", "attack", "norm", "model_hash", "attack_params"):
+            df[column] = df[column].fillna("").astype(str)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def select_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, attack, epsilon): the largest-n evaluation, later rows winning ties."""
+    df = df.assign(_eps=df["epsilon"].astype(float).round(9))
+    df = df[df["n"] == df.groupby(["model_hash", "attack"])["n"].transform("max")]
+    df = df[df["seed"] == df.groupby(["model_hash", "attack"])["seed"].transform("last")]
+    df = df.drop_duplicates(["model_hash", "attack", "_eps"], keep="last")
+    return df.assign(epsilon=df["_eps"]).drop(columns="_eps").reset_index(drop=True)
+
+
+def _by_eps(eps: Any, accuracy: Any) -> tuple[np.ndarray, np.ndarray]:
+    eps, accuracy = np.asarray(eps, float), np.asarray(accuracy, float)
+    order = np.argsort(eps, kind="stable")
+    return eps[order], accuracy[order]
+
+
+def auc(eps: Any, accuracy: Any) -> float:
+    """Trapezoid area under accuracy(eps) over the eps range, divided by the range (so in [0, 1])."""
+    eps, accuracy = _by_eps(eps, accuracy)
+    if len(eps) < 2 or eps[-1] == eps[0]:
+        return math.nan
+    return float(np.sum(np.diff(eps) * (accuracy[1:] + accuracy[:-1]) / 2) / (eps[-1] - eps[0]))
+
+
+def eps_below(eps: Any, accuracy: Any, level: float = LEVEL) -> float:
+    """First eps where accuracy falls below `level`, linear between grid points (NaN if it never does)."""
+    eps, accuracy = _by_eps(eps, accuracy)
+    below = np.flatnonzero(accuracy < level)
+    if len(below) == 0:
+        return math.nan
+    i = below[0]
+    if i == 0:
+        return float(eps[0])
+    a0, a1 = accuracy[i - 1], accuracy[i]
+    return float(eps[i - 1] + (a0 - level) / (a0 - a1) * (eps[i] - eps[i - 1]))
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary table (see the module docstring), one row per model, numbers as numbers."""
+    rows = select_rows(df)
+    attacks = sorted(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK)
+    with_values = {a for a in attacks if rows.loc[rows["attack"] == a, "value"].notna().any()}
+    distance_attacks = sorted(set(DISTANCE_ATTACKS) | with_values)
+    records = []
+    for _, group in rows.groupby("model_hash", sort=False):
+        first, by_attack = group.iloc[0], dict(tuple(group.groupby("attack")))
+        jac = by_attack.get(JACOBIAN_ATTACK)
+        zero = group[(group["epsilon"] == 0) & (group["attack"] != JACOBIAN_ATTACK)].sort_values("attack")
+        record = {
+            "model": first["model"], "defense": first["defense"], "dataset": first["dataset"],
+            "n": int(group["n"].min()), "seed": int(first["seed"]),
+            "clean_accuracy": float(jac["accuracy"].iloc[-1]) if jac is not None else
+            (float(zero["accuracy"].iloc[0]) if len(zero) else math.nan),
+            "jacobian_norm": float(jac["value"].iloc[-1]) if jac is not None else math.nan,
+        }  # fmt: skip
+        for attack in distance_attacks:
+            values = by_attack[attack]["value"].dropna() if attack in by_attack else pd.Series(dtype=float)
+            record[f"{attack}_median_distance"] = float(values.iloc[-1]) if len(values) else math.nan
+        for attack in attacks:
+            sub = by_attack.get(attack, group.iloc[:0])
+            record[f"auc_{attack}"] = auc(sub["epsilon"], sub["accuracy"])
+            record[f"eps50_{attack}"] = eps_below(sub["epsilon"], sub["accuracy"]) if len(sub) else math.nan
+        record["flags"] = ";".join(sorted({f for fl in group["flags"] for f in str(fl).split(";") if f}))
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def provenance(model: str) -> dict[str, Any] | None:
+    """The run directory's meta.json when the CSV's model column names one that exists, else None."""
+    from .checkpoint import META_FILE, read_meta
+
+    try:
+        return read_meta(model) if (Path(model) / META_FILE).is_file() else None
+    except (RobenchError, OSError):
+        return None
+
+
+def _with_arch(rows: pd.DataFrame, metas: dict[str, dict | None]) -> pd.DataFrame:
+    """Add the architecture from each model's meta.json ("" when unknown) as column _arch."""
+    return rows.assign(_arch=rows["model"].map(lambda m: (metas.get(m) or {}).get("config", {}).get("model", "")))
+
+
+def attack_curves(rows: pd.DataFrame, attack: str, metas: dict[str, dict | None]) -> list[Curve]:
+    """Per (dataset, architecture, defense): the mean accuracy curve and, for k > 1 models, its std."""
+    sub = _with_arch(rows[rows["attack"] == attack], metas)
+    several_archs, several_datasets = sub["_arch"].nunique() > 1, sub["dataset"].nunique() > 1
+    curves = []
+    groups = sorted(sub.groupby(BAND_KEY), key=lambda item: (item[0][2] != "none", item[0]))  # baseline first
+    for (dataset, arch_name, defense), group in groups:
+        table = group.pivot_table(index="model_hash", columns="epsilon", values="accuracy", aggfunc="last")
+        table = table.dropna(axis=1)  # epsilons every model of the group was evaluated at
+        k = len(table)
+        label = defense + (f" [{arch_name}]" if several_archs and arch_name else "")
+        label += (f" ({dataset})" if several_datasets else "") + (f" ({k} seeds)" if k > 1 else "")
+        std = table.std(axis=0, ddof=1).to_numpy() if k > 1 else None
+        curves.append(Curve(label, table.columns.to_numpy(float), table.mean(axis=0).to_numpy(), std, k))
+    return curves
+
+
+def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, fmt: str = "md") -> Report:
+    """Write summary.csv, <attack>.png, report.md (and report.html for fmt="html") into out_dir.
+
+    Every input is checked, and out_dir made and tested for writing, before anything is drawn.
+    """
+    from .plots import accuracy_figure, save_png
+
+    if fmt not in FORMATS:
+        raise RobenchError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    df = load_results(paths)
+    out = _writable_dir(out_dir)
+    rows, summary = select_rows(df), summarize(df)
+    metas = {m: provenance(m) for m in rows["model"].unique()}
+    files = [out / "summary.csv"]
+    write_atomic(files[0], lambda tmp: summary.to_csv(tmp, index=False))
+    curves = {}
+    for attack in sorted(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK):
+        curves[attack] = attack_curves(rows, attack, metas)
+        norm = rows.loc[rows["attack"] == attack, "norm"].iloc[0]
+        fig = accuracy_figure(curves[attack], title=f"{attack}: accuracy vs ε", xlabel=f"ε ({norm} norm)")
+        files.append(out / f"{attack}.png")
+        save_png(fig, files[-1])
+    context = dict(paths=paths, rows=rows, summary=summary, curves=curves, metas=metas)
+    files.append(out / "report.md")
+    write_text_atomic(files[-1], render_markdown(**context, images={a: f"{a}.png" for a in curves}))
+    if fmt == "html":
+        inlined = {a: "data:image/png;base64," + base64.b64encode((out / f"{a}.png").read_bytes()).decode() for a in curves}
+        files.append(out / "report.html")
+        write_text_atomic(files[-1], markdown_to_html(render_markdown(**context, images=inlined)))
+    return Report(summary, files)
+
+
+def _writable_dir(out_dir: str | os.PathLike) -> Path:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".robench-write-test"
+        write_text_atomic(probe, "")
+        probe.unlink()
+    except OSError as exc:
+        raise RobenchError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "—" if math.isnan(value) else "inf" if math.isinf(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _labels(models: list[str]) -> dict[str, str]:
+    """Short names: the run directory's name, unless two models would share it."""
+    short = {m: Path(m).name or m for m in models}
+    return {m: s if list(short.values()).count(s) == 1 else m for m, s in short.items()}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    cell = lambda v: _fmt(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows] + [""]
+
+
+def render_markdown(
+    *, paths: list, rows: pd.DataFrame, summary: pd.DataFrame, curves: dict[str, list[Curve]],
+    metas: dict[str, dict | None], images: dict[str, str],
+) -> str:  # fmt: skip
+    """The report as markdown; `images` maps each attack to its PNG's address (file name or data URI)."""
+    labels = _labels(list(summary["model"]))
+    lines = [
+        "# robench report", "",
+        f"From {', '.join(f'`{p}`' for p in paths)}; {len(summary)} models; written "
+        f"{time.strftime('%Y-%m-%d %H:%M')} by robench {__version__}.", "",
+        "## Summary", "",
+        f"`auc_<attack>`: area under accuracy vs ε (trapezoid rule) divided by the ε range, i.e. the mean "
+        f"accuracy over the grid (in [0, 1]; compare models on the same grid only). `eps50_<attack>`: the ε "
+        f"where accuracy first falls below {LEVEL:g}, interpolated linearly (— if it never does).", "",
+    ]  # fmt: skip
+    table = summary.assign(model=summary["model"].map(lambda m: f"`{labels[m]}`"))
+    lines += _table(list(table.columns), table.values.tolist())
+    for attack, attack_curves_ in curves.items():
+        sub = rows[rows["attack"] == attack]
+        eps = sorted(sub["epsilon"].unique())
+        lines += [f"## {attack} ({sub['norm'].iloc[0]})", "", f"![{attack}]({images[attack]})", ""]
+        body = []
+        for model, group in sub.groupby("model", sort=False):
+            by_eps = dict(zip(group["epsilon"], group["accuracy"]))
+            body.append([f"`{labels.get(model, model)}`", group["defense"].iloc[0]] + [by_eps.get(e, math.nan) for e in eps])
+        for curve in (c for c in attack_curves_ if c.k > 1):
+            cells = dict(zip(curve.eps, (f"{m:.3f} ± {s:.3f}" for m, s in zip(curve.mean, curve.std))))
+            body.append([f"mean of {curve.k}", curve.label] + [cells.get(e, "—") for e in eps])
+        lines += _table(["model", "defense"] + [f"ε={e:g}" for e in eps], body)
+    return "\n".join(lines + _provenance_lines(rows, labels, metas))
+
+
+def _provenance_lines(rows: pd.DataFrame, labels: dict[str, str], metas: dict[str, dict | None]) -> list[str]:
+    lines = ["## Provenance", ""]
+    for (model, model_hash), group in rows.groupby(["model", "model_hash"], sort=False):
+        meta = metas.get(model)
+        lines += [f"### `{labels.get(model, model)}`", "", f"- path `{model}`, weights sha256 `{model_hash}`"]
+        if meta is None:
+            lines.append("- training: provenance unavailable (no run directory with meta.json at this path)")
+        else:
+            config = meta["config"]
+            flags = ", ".join(f"{k}={v}" for k, v in config.items())
+            lines += [
+                f"- training seed {config.get('seed')}; defense {meta.get('defense', '?')}; "
+                f"robench {meta.get('robench_version', '?')}; torch {meta.get('versions', {}).get('torch', '?')}",
+                f"- training flags: `{flags}`",
+            ]  # fmt: skip
+        evals = sorted({str(v) for v in group["robench_version"].dropna()})
+        lines.append(f"- evaluated by robench {', '.join(evals) or '?'}:")
+        for attack, n, seed, params in group.drop_duplicates("attack", keep="last")[
+            ["attack", "n", "seed", "attack_params"]
+        ].values:  # fmt: skip
+            lines.append(f"  - {attack} on n={int(n)} test images, seed {int(seed)}: `{params}`")
+        lines.append("")
+    return lines + _band_notes(rows, metas)
+
+
+def _band_notes(rows: pd.DataFrame, metas: dict[str, dict | None]) -> list[str]:
+    """Warn when models averaged into one band differ in more than their seed."""
+    notes = []
+    for (_, _, defense), group in _with_arch(rows.drop_duplicates("model_hash"), metas).groupby(BAND_KEY):
+        configs = [(metas.get(m) or {}).get("config") for m in group["model"]]
+        if len(configs) < 2 or any(c is None for c in configs):
+            continue
+        keys = sorted({k for c in configs for k in c} - set(CONFIG_IGNORED))
+        differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+        if differ:
+            notes.append(f"- Models labelled `{defense}` differ in more than their seed ({', '.join(differ)}): "
+                         "their band mixes training recipes.")  # fmt: skip
+    return (["## Notes", ""] + notes + [""]) if notes else []
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 6px}
+th{background:#f0f0f0}img{max-width:100%}code{background:#f5f5f5;padding:0 2px;word-break:break-all}"""
+
+
+def markdown_to_html(markdown: str, title: str = "robench report") -> str:
+    """One self-contained HTML page: inline CSS, raw HTML in the text escaped, no external references."""
+    from markdown_it import MarkdownIt  # ships with rich
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head>\n<body>\n{body}</body></html>\n")  # fmt: skip
+
+
+def summary_tables(summary: pd.DataFrame) -> list[Any]:
+    """The summary as rich tables for the terminal: clean metrics, then AUC and eps50 per attack.
+
+    Three narrow tables rather than one wide one, so they stay readable in an 80-column terminal.
+    """
+    from rich.table import Table
+
+    labels = _labels(list(summary["model"]))
+    distance = [c for c in summary.columns if c.endswith("_median_distance") and summary[c].notna().any()]
+    parts = [
+        ("clean accuracy and mean ||J||_F", ["clean_accuracy", "jacobian_norm", *distance], lambda c: c),
+        ("AUC: mean accuracy over the eps grid", [c for c in summary.columns if c.startswith("auc_")], lambda c: c[4:]),
+        (f"eps50: eps where accuracy falls below {LEVEL:g}", [c for c in summary.columns if c.startswith("eps50_")],
+         lambda c: c[6:]),
+    ]  # fmt: skip
+    tables = []
+    for title, columns, header in parts:
+        table = Table(title=title)
+        table.add_column("model")
+        table.add_column("defense")
+        for column in columns:
+            table.add_column(header(column).replace("_", " "), justify="right")
+        for record in summary.to_dict("records"):
+            table.add_row(labels[record["model"]], record["defense"], *(_fmt(record[c]) for c in columns))
+        tables.append(table)
+    return tables

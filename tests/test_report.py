@@ -1,0 +1,174 @@
+"""`robench report` on real results: summary numbers recomputed from the CSV rows, the seed band,
+800 x 500 PNGs, a self-contained HTML page, provenance, and one-line errors."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robench.cli import cli
+from robench.evaluate import EvalConfig, evaluate
+from robench.report import attack_curves, auc, eps_below, load_results, provenance, select_rows
+from robench.sources import from_run
+from robench.train import TrainConfig, train
+
+ATTACKS = ("fgsm", "noise", "pgd")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, trained_run):
+    """trained_run plus a second undefended model (another seed: a band of 2) and a JR model."""
+    root = tmp_path_factory.mktemp("report-runs")
+    base = dict(model="mlp", epochs=1, lr=0.05, train_subset=1000, test_subset=100, norm_samples=50, device="cpu")
+    train(TrainConfig(**base, seed=1), root / "plain-seed1", show_progress=False)
+    train(TrainConfig(**base, seed=0, jr=0.1), root / "jr", show_progress=False)
+    return [trained_run, root / "plain-seed1", root / "jr"]
+
+
+@pytest.fixture(scope="module")
+def csvs(runs, tmp_path_factory):
+    """Two real results CSVs (each also holds every model's jacobian_norm row: duplicates to merge)."""
+    root = tmp_path_factory.mktemp("report-csv")
+    sources = [from_run(r) for r in runs]
+    evaluate(sources, EvalConfig(attacks="fgsm,pgd", eps=(0.0, 0.1, 0.2), n=100, device="cpu"),
+             out=root / "adv.csv", show_progress=False)  # fmt: skip
+    evaluate(sources, EvalConfig(attacks="noise", eps=(0.0, 4.0, 8.0), n=100, device="cpu"),
+             out=root / "noise.csv", show_progress=False)  # fmt: skip
+    return [root / "adv.csv", root / "noise.csv"]
+
+
+@pytest.fixture(scope="module")
+def report(csvs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "out"
+    result = invoke("report", *csvs, "--out", out, "--format", "html")
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_report_writes_every_file_and_prints_the_summary(report):
+    out, stdout = report
+    names = {p.name for p in out.iterdir()}
+    assert names == {"summary.csv", "report.md", "report.html", *(f"{a}.png" for a in ATTACKS)}
+    assert "clean accuracy" in stdout and "jr=0.1" in stdout and "plain-seed1" in stdout
+
+
+def test_summary_equals_values_computed_from_the_rows(report, csvs, runs):
+    out, _ = report
+    summary = pd.read_csv(out / "summary.csv")
+    rows = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
+    assert len(summary) == 3 and set(summary["model"]) == {str(r) for r in runs}
+    assert sorted(summary["defense"]) == ["jr=0.1", "none", "none"]
+    assert (summary["n"] == 100).all() and summary["cw_median_distance"].isna().all()
+    for record in summary.to_dict("records"):
+        mine = rows[rows["model"] == record["model"]]
+        jac = mine[mine["attack"] == "jacobian_norm"]
+        assert len(jac) == 2  # one per CSV, merged into one summary row
+        assert record["clean_accuracy"] == pytest.approx(jac["accuracy"].iloc[0], abs=1e-12)
+        assert record["jacobian_norm"] == pytest.approx(jac["value"].iloc[0], rel=1e-12)
+        for attack in ATTACKS:
+            curve = mine[mine["attack"] == attack].sort_values("epsilon")
+            eps, acc = curve["epsilon"].to_numpy(), curve["accuracy"].to_numpy()
+            assert record[f"auc_{attack}"] == pytest.approx(np.trapezoid(acc, eps) / (eps[-1] - eps[0]), abs=1e-12)
+            eps50 = record[f"eps50_{attack}"]
+            if (acc >= 0.5).all():
+                assert math.isnan(eps50)
+            elif acc[0] < 0.5:
+                assert eps50 == eps[0]
+            else:  # accuracy is 0.5 there on the piecewise-linear curve, and >= 0.5 at every grid point before
+                assert np.interp(eps50, eps, acc) == pytest.approx(0.5, abs=1e-9)
+                assert (acc[eps < eps50] >= 0.5).all()
+
+
+def test_seeds_of_one_defense_become_a_mean_curve_with_a_std_band(csvs, runs):
+    rows = select_rows(load_results(csvs))
+    metas = {m: provenance(m) for m in rows["model"].unique()}
+    curves = {c.label: c for c in attack_curves(rows, "pgd", metas)}
+    assert set(curves) == {"none (2 seeds)", "jr=0.1"}
+    band, single = curves["none (2 seeds)"], curves["jr=0.1"]
+    assert band.k == 2 and single.k == 1 and single.std is None
+    raw = pd.concat([pd.read_csv(p) for p in csvs])
+    plain = raw[(raw["attack"] == "pgd") & (raw["defense"] == "none")].pivot(index="model", columns="epsilon", values="accuracy")
+    np.testing.assert_allclose(band.eps, plain.columns.to_numpy())
+    np.testing.assert_allclose(band.mean, plain.mean(axis=0).to_numpy())
+    np.testing.assert_allclose(band.std, plain.std(axis=0, ddof=1).to_numpy())
+
+
+def test_pngs_are_800_by_500(report):
+    import matplotlib.image
+
+    out, _ = report
+    for attack in ATTACKS:
+        height, width = matplotlib.image.imread(out / f"{attack}.png").shape[:2]
+        assert (width, height) == (800, 500), attack
+
+
+def test_markdown_embeds_plots_and_gives_provenance(report, runs):
+    text = (report[0] / "report.md").read_text()
+    for attack in ATTACKS:
+        assert f"![{attack}]({attack}.png)" in text and f"## {attack} (" in text
+    assert "| mean of 2 | none (2 seeds) |" in text
+    assert "training seed 1; defense none" in text and "defense jr=0.1" in text
+    assert f"torch {torch.__version__}" in text and '"class":"LinfPGD"' in text
+    # trained_run (3 epochs, 3000 images) and plain-seed1 (1 epoch, 1000) share the label "none"
+    assert re.search(r"Models labelled `none` differ in more than their seed \(epochs, .*train_subset", text)
+    assert "provenance unavailable" not in text
+
+
+def test_html_is_self_contained(report):
+    out, _ = report
+    page = (out / "report.html").read_text()
+    for forbidden in ("http://", "https://", 'src="http', "<script", "<link"):
+        assert forbidden not in page
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(uris) == len(ATTACKS)
+    assert {base64.b64decode(u) for u in uris} == {(out / f"{a}.png").read_bytes() for a in ATTACKS}
+    assert "<table>" in page and "none (2 seeds)" in page
+
+
+def test_models_without_a_run_directory_and_repeated_csvs(tmp_path, csvs):
+    moved = pd.read_csv(csvs[0])
+    moved["model"] = moved["model"].map(lambda m: f"gone/{m.rsplit('/', 1)[-1]}")
+    moved.to_csv(tmp_path / "moved.csv", index=False)
+    result = invoke("report", tmp_path / "moved.csv", tmp_path / "moved.csv", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report.md").read_text().count("provenance unavailable") == 3
+    assert not (tmp_path / "r" / "report.html").exists()
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv")
+    assert len(summary) == 3 and "auc_noise" not in summary.columns
+
+
+def test_auc_and_eps50_on_hand_made_curves():
+    assert auc([0, 1, 2], [1.0, 0.5, 0.0]) == pytest.approx(0.5)
+    assert auc([2, 0, 1], [0.0, 1.0, 1.0]) == pytest.approx(0.75)  # order of the rows does not matter
+    assert math.isnan(auc([0.3], [0.9]))
+    assert eps_below([0, 1, 2], [1.0, 0.6, 0.2]) == pytest.approx(1.25)
+    assert eps_below([0, 1, 2], [1.0, 0.5, 0.0]) == pytest.approx(1.0)
+    assert eps_below([0, 1, 2], [0.4, 0.9, 0.1]) == 0  # already below at the first point
+    assert math.isnan(eps_below([0, 1], [1.0, 0.8]))
+
+
+def test_bad_input_gets_one_line(tmp_path, csvs):
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "blocker").write_text("")
+    cases = [
+        ([tmp_path / "missing.csv", "--out", tmp_path / "r"], "not found"),
+        ([tmp_path / "other.csv", "--out", tmp_path / "r"], "not a robench results CSV"),
+        ([csvs[0], "--out", tmp_path / "blocker" / "r"], "cannot write the report"),
+    ]
+    for args, message in cases:
+        result = invoke("report", *args)
+        assert result.exit_code == 1, (args, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (args, result.output)
+    assert not (tmp_path / "r").exists()
