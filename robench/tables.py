@@ -19,7 +19,8 @@ def clean_table(df: pd.DataFrame) -> Table:
     table = Table(title="clean accuracy and Jacobian norm")
     for column in ("model", "defense", "n", "clean accuracy", "mean ||J||_F"):
         table.add_column(column, justify="left" if column in ("model", "defense") else "right")
-    for row in df[df["attack"] == JACOBIAN_ATTACK].to_dict("records"):
+    rows = df[df["attack"] == JACOBIAN_ATTACK].sort_values("n", kind="stable")
+    for row in rows.drop_duplicates("model_hash", keep="last").to_dict("records"):  # largest n per model
         table.add_row(_label(row["model"]), row["defense"], str(int(row["n"])),
                       f"{row['accuracy']:.4f}", f"{row['value']:.3f}")  # fmt: skip
     return table
@@ -31,7 +32,8 @@ def attack_tables(df: pd.DataFrame) -> list[Table]:
     attacks = df[df["attack"] != JACOBIAN_ATTACK]
     for attack, group in attacks.groupby("attack", sort=True):
         epsilons = sorted(group["epsilon"].unique())
-        table = Table(title=f"{attack} ({group['norm'].iloc[0]}): accuracy vs epsilon")
+        sizes = "/".join(str(int(n)) for n in sorted(group["n"].unique()))
+        table = Table(title=f"{attack} ({group['norm'].iloc[0]}, n={sizes}): accuracy vs epsilon")
         table.add_column("model")
         table.add_column("defense")
         for eps in epsilons:

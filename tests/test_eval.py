@@ -71,7 +71,7 @@ def test_rerun_is_free_and_changes_nothing(results_csv, trained_run):
 
 def test_eval_table_is_printed(results_csv, trained_run):
     result = invoke("eval", trained_run, *FAST, "--out", results_csv)
-    assert "pgd (linf): accuracy vs epsilon" in result.output
+    assert "pgd (linf, n=200): accuracy vs epsilon" in result.output
     assert "clean accuracy and Jacobian norm" in result.output
 
 

@@ -1,0 +1,364 @@
+"""Attacks as data: each `attacks/*.toml` names a Foolbox class, its parameters and default ε grids.
+
+Adding an attack is adding a file. A spec is checked when loaded (parameters against the class's
+signature, norm against the attack's own distance), so a typo fails before any model is attacked.
+Fixed-ε attacks (FGSM, PGD, noise) run once per ε (`fixed_eps_accuracy`); minimization attacks (CW)
+run once and give every ε (`minimal_distances`, then `accuracy_from_distances`).
+Foolbox is imported inside the functions, so `import robench.attacks` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .errors import RobenchError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+SPEC_PACKAGE = "robench.attack_specs"
+NORMS = {2.0: "l2", math.inf: "linf"}  # Foolbox LpDistance.p -> our name
+REQUIRED_KEYS = ("name", "description", "foolbox_class", "params", "norm", "eps")
+OPTIONAL_KEYS = ("repeats",)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack preset, as loaded from a TOML file.
+
+    Args:
+        name: the file's stem, used on the command line and in result rows.
+        description: what the attack does and why its parameters are what they are.
+        foolbox_class: a class name in `foolbox.attacks`.
+        params: keyword arguments for that class.
+        norm: "linf" or "l2", checked against the Foolbox attack's distance.
+        kind: "fixed" or "minimization", derived from the Foolbox class.
+        repeats: independent random draws whose accuracies are averaged (noise).
+        eps: default ε grid per dataset name.
+    """
+
+    name: str
+    description: str
+    foolbox_class: str
+    params: dict
+    norm: str
+    kind: str
+    repeats: int
+    eps: dict[str, tuple[float, ...]]
+
+    @property
+    def params_json(self) -> str:
+        """Canonical JSON of everything that changes the attack's numbers (not name or grids)."""
+        payload = {"class": self.foolbox_class, "params": self.params, "repeats": self.repeats}
+        return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def spec_hash(self) -> str:
+        """Short hash of `params_json`: result rows made with a changed preset never mix with old ones."""
+        return hashlib.sha256(self.params_json.encode()).hexdigest()[:12]
+
+    def default_eps(self, dataset: str) -> list[float]:
+        """The spec's ε grid for `dataset`."""
+        if dataset not in self.eps:
+            known = ", ".join(sorted(self.eps)) or "none"
+            raise RobenchError(f"attack {self.name!r} has no default eps grid for dataset {dataset!r} "
+                               f"(it has: {known}); pass --eps")  # fmt: skip
+        return list(self.eps[dataset])
+
+    def build(self) -> Any:
+        """A fresh Foolbox attack instance."""
+        return _foolbox_class(self.foolbox_class)(**self.params)
+
+
+def _foolbox_class(name: str) -> type | None:
+    import foolbox.attacks
+
+    cls = getattr(foolbox.attacks, name, None)
+    return cls if isinstance(cls, type) else None
+
+
+def _spec_dir(directory: str | Path | None) -> Path | Any:
+    """The packaged specs (works from a wheel), else the repository's attacks/ next to robench/."""
+    if directory is not None:
+        path = Path(directory)
+        if not path.is_dir():
+            raise RobenchError(f"attack spec directory {path} does not exist")
+        return path
+    try:
+        from importlib.resources import files
+
+        return files(SPEC_PACKAGE)
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "attacks"
+
+
+def load_specs(directory: str | Path | None = None) -> dict[str, AttackSpec]:
+    """Load and validate every `*.toml` attack spec; returns {name: spec} sorted by name.
+
+    Args:
+        directory: where the specs lie; defaults to the packaged `robench.attack_specs`.
+    """
+    root = _spec_dir(directory)
+    specs = {}
+    for file in (f for f in root.iterdir() if f.name.endswith(".toml")):
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise RobenchError(f"attack spec {file.name}: not valid TOML ({exc})") from None
+        spec = _parse_spec(data, stem=file.name[: -len(".toml")], where=f"attack spec {file.name}")
+        specs[spec.name] = spec
+    if not specs:
+        raise RobenchError(f"no attack specs (*.toml) found in {root}")
+    return {name: specs[name] for name in sorted(specs)}
+
+
+def _parse_spec(data: dict, *, stem: str, where: str) -> AttackSpec:
+    """Check one spec's keys and types, then what only Foolbox can tell (class, params, norm)."""
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise RobenchError(f"{where}: missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        raise RobenchError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    if data["name"] != stem:
+        raise RobenchError(f"{where}: name {data['name']!r} must match the file name {stem!r}")
+    if not isinstance(data["params"], dict) or not isinstance(data["eps"], dict):
+        raise RobenchError(f"{where}: [params] and [eps] must be tables")
+    repeats = data.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise RobenchError(f"{where}: repeats must be a positive integer, got {repeats!r}")
+    eps = {dataset: _parse_grid(grid, f"{where}: eps.{dataset}") for dataset, grid in data["eps"].items()}
+    kind = _check_foolbox(data["foolbox_class"], data["params"], data["norm"], where)
+    if kind == "minimization" and repeats != 1:
+        raise RobenchError(f"{where}: repeats applies to fixed-eps attacks only")
+    return AttackSpec(
+        name=stem, description=" ".join(str(data["description"]).split()),
+        foolbox_class=data["foolbox_class"], params=dict(data["params"]), norm=data["norm"],
+        kind=kind, repeats=repeats, eps=eps,
+    )  # fmt: skip
+
+
+def _parse_grid(grid: Any, where: str) -> tuple[float, ...]:
+    def fine(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    if not isinstance(grid, list) or not grid or not all(fine(v) for v in grid):
+        raise RobenchError(f"{where} must be a non-empty list of finite numbers, none negative")
+    return tuple(sorted({float(v) for v in grid}))
+
+
+def _check_foolbox(class_name: Any, params: dict, norm: Any, where: str) -> str:
+    """Validate against Foolbox itself; returns the kind derived from the class."""
+    from foolbox.attacks.base import FixedEpsilonAttack, MinimizationAttack
+
+    cls = _foolbox_class(class_name) if isinstance(class_name, str) else None
+    if cls is None:
+        raise RobenchError(f"{where}: unknown Foolbox attack class {class_name!r}")
+    signature = inspect.signature(cls)
+    accepted = {
+        name for name, p in signature.parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }  # fmt: skip
+    bad = sorted(set(params) - accepted)
+    if bad:
+        choices = ", ".join(sorted(accepted)) or "none"
+        raise RobenchError(f"{where}: {class_name} takes no parameter {bad[0]!r} (accepted: {choices})")
+    for name, value in params.items():
+        _check_type(value, signature.parameters[name].default, f"{where}: {class_name} parameter {name!r}")
+    if norm not in NORMS.values():
+        raise RobenchError(f"{where}: norm must be one of {', '.join(NORMS.values())}, got {norm!r}")
+    try:
+        distance = cls(**params).distance
+    except (TypeError, ValueError) as exc:
+        raise RobenchError(f"{where}: {class_name}({params}) fails: {exc}") from None
+    if NORMS.get(getattr(distance, "p", None)) != norm:
+        raise RobenchError(f"{where}: norm {norm!r} does not match {class_name}'s distance ({distance})")
+    if issubclass(cls, MinimizationAttack):
+        return "minimization"
+    if issubclass(cls, FixedEpsilonAttack):
+        return "fixed"
+    raise RobenchError(f"{where}: {class_name} is neither a fixed-eps nor a minimization attack")
+
+
+# default's type -> (accepted types, wording); bool first: it is an int subclass.
+_TYPES = ((bool, (bool,), "true or false"), (int, (int,), "an integer"), (float, (int, float), "a number"))
+
+
+def _check_type(value: Any, default: Any, what: str) -> None:
+    """Foolbox stores constructor arguments unchecked; a string for `steps` would fail mid-evaluation."""
+    for default_type, accepted, wording in _TYPES:
+        if isinstance(default, default_type):  # no default (None, required): nothing to compare with
+            if not isinstance(value, accepted) or (isinstance(value, bool) and default_type is not bool):
+                raise RobenchError(f"{what} must be {wording}, got {value!r}")
+            return
+
+
+def resolve_attacks(names: str, directory: str | Path | None = None) -> list[AttackSpec]:
+    """Turn "pgd,fgsm" (or "all") into specs, in the order given, without duplicates."""
+    specs = load_specs(directory)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if "all" in wanted:
+        return list(specs.values())
+    if not wanted:
+        raise RobenchError(f"no attack given; choose from {', '.join(sorted(specs))} or all")
+    for name in wanted:
+        if name not in specs:
+            raise RobenchError(f"unknown attack {name!r}; choose from {', '.join(sorted(specs))}, all")
+    return [specs[name] for name in dict.fromkeys(wanted)]
+
+
+def parse_eps(text: str) -> list[float]:
+    """Parse "0,0.1,8/255" into sorted unique floats (fractions allowed, as papers write ε)."""
+    values = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        try:
+            num, _, den = token.partition("/")
+            value = float(num) / float(den) if den else float(num)
+        except (ValueError, ZeroDivisionError):
+            raise RobenchError(f"cannot read eps value {token!r}; write numbers like 0.1 or 8/255") from None
+        if not math.isfinite(value) or value < 0:
+            raise RobenchError(f"eps must be finite and >= 0, got {token!r}")
+        values.append(value)
+    if not values:
+        raise RobenchError("eps list is empty; write e.g. 0,0.1,0.3")
+    return sorted(set(values))
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Turn off requires_grad on all parameters, restoring each flag afterwards (also on errors).
+
+    Foolbox (through eagerpy) calls loss.backward() for input gradients; without this every attack
+    step would also compute and accumulate the parameters' .grad: wasted time and memory, and
+    gradients leaking into any training that shares the model.
+    """
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def foolbox_model(model: nn.Module, device: str | torch.device) -> Any:
+    """Wrap a model taking [0, 1] images for Foolbox. The device is explicit: Foolbox's default is cuda:0."""
+    import foolbox
+
+    return foolbox.PyTorchModel(model.eval(), bounds=(0, 1), device=device)
+
+
+def _torch_module(fmodel: Any) -> nn.Module:
+    """The nn.Module inside a Foolbox PyTorchModel.
+
+    Foolbox 3.3.4 keeps no attribute pointing at it: `fmodel._model` is a closure calling the module,
+    which is read from that closure's cell named "model".
+    """
+    inner = getattr(fmodel, "_model", None)
+    if isinstance(inner, nn.Module):
+        return inner
+    code, cells = getattr(inner, "__code__", None), getattr(inner, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars if code else (), cells):
+        if name == "model" and isinstance(cell.cell_contents, nn.Module):
+            return cell.cell_contents
+    raise RobenchError("cannot find the torch module inside the Foolbox model; build it with foolbox_model()")
+
+
+def _clean_correct(fmodel: Any, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Clean correctness, after the input checks Foolbox would otherwise make with a bare assert."""
+    if len(images) != len(labels):
+        raise RobenchError(f"{len(images)} images but {len(labels)} labels")
+    if len(images) and (images.min() < 0 or images.max() > 1):
+        raise RobenchError("attack inputs must be float images in [0, 1] (use robench.data.to_unit_float)")
+    with torch.no_grad():
+        return fmodel(images).argmax(1) == labels
+
+
+def fixed_eps_accuracy(
+    spec: AttackSpec, fmodel: Any, images: torch.Tensor, labels: torch.Tensor, eps: float, *, seed: int
+) -> torch.Tensor:
+    """Per-example accuracy under a fixed-ε attack at one ε: float (N,) on CPU, 1.0 robust, 0.0 broken.
+
+    With repeats > 1 it is the mean over independent draws (expected accuracy under noise, not the
+    worst case). Examples misclassified on clean input are always 0.0 (Foolbox's convention, enforced
+    here because noise can repair a misclassified digit), and ε = 0 is exactly clean correctness.
+
+    Args:
+        spec: a spec of kind "fixed".
+        fmodel: from `foolbox_model`.
+        images: float images in [0, 1] on fmodel.device; labels: int64 on the same device.
+        eps: the perturbation size, in the spec's norm.
+        seed: seeds torch's global RNG, where Foolbox (through eagerpy) draws random starts and noise.
+    """
+    if spec.kind != "fixed":
+        raise RobenchError(f"attack {spec.name!r} is a {spec.kind} attack, not a fixed-eps one")
+    if not math.isfinite(eps) or eps < 0:
+        raise RobenchError(f"eps must be finite and >= 0, got {eps}")
+    correct = _clean_correct(fmodel, images, labels)
+    if eps == 0 or len(labels) == 0:
+        return correct.float().cpu()
+    attack = spec.build()
+    torch.manual_seed(seed)
+    robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
+    with frozen_parameters(_torch_module(fmodel)), torch.enable_grad():
+        for _ in range(spec.repeats):
+            _, _, success = attack(fmodel, images, labels, epsilons=float(eps))
+            robust += (correct & ~success).float()
+    return (robust / spec.repeats).cpu()
+
+
+def minimal_distances(
+    spec: AttackSpec, fmodel: Any, images: torch.Tensor, labels: torch.Tensor, *, seed: int
+) -> torch.Tensor:
+    """Per-example smallest adversarial perturbation a minimization attack finds, in the spec's norm.
+
+    Returns float64 (N,) on CPU: 0.0 where the clean prediction is already wrong, +inf where the
+    attack found nothing. Adversarial-ness is decided here, by running the model on the returned
+    image: where Foolbox 3.3.4's CW finds nothing it returns an all-zero image, which the model may
+    well misclassify, so Foolbox's own success flag would report a fake adversarial at ||x||.
+
+    Args:
+        spec: a spec of kind "minimization".
+        fmodel, images, labels, seed: as for `fixed_eps_accuracy`.
+    """
+    if spec.kind != "minimization":
+        raise RobenchError(f"attack {spec.name!r} is a {spec.kind} attack, not a minimization one")
+    correct = _clean_correct(fmodel, images, labels)
+    if len(labels) == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    torch.manual_seed(seed)
+    with frozen_parameters(_torch_module(fmodel)), torch.enable_grad():
+        advs, _, _ = spec.build()(fmodel, images, labels, epsilons=None)
+    advs = advs.detach()
+    with torch.no_grad():
+        fooled = fmodel(advs).argmax(1) != labels
+    # CW's "nothing found" marker (its tanh parametrization never yields an exactly all-zero image).
+    blank = (advs.flatten(1) == 0).all(1) & (images.flatten(1) != 0).any(1)
+    delta = (advs.double() - images.double()).flatten(1)
+    norms = delta.abs().amax(1) if spec.norm == "linf" else delta.norm(dim=1)
+    inf = torch.full_like(norms, math.inf)
+    distances = torch.where(fooled & ~blank, norms, inf)
+    return torch.where(correct, distances, torch.zeros_like(norms)).cpu()
+
+
+def accuracy_from_distances(distances: torch.Tensor, eps: float) -> float:
+    """Accuracy at ε from minimal distances: the fraction whose distance exceeds ε."""
+    if len(distances) == 0:
+        return float("nan")
+    return (distances > eps).double().mean().item()
