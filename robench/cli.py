@@ -208,6 +208,7 @@ def reproduce() -> None:
 @click.option("--defenses", default=None, help="Comma-separated subset of: none, l2, dropout, l2+dropout, jr, adv, jr+adv.")
 @click.option("--attacks", default=None, help="Attack names or 'all' (full: all; quick: noise,fgsm,pgd,cw).")
 @click.option("--model", default=None, help="Architecture (default: lenet, the paper's LeNet').")
+@click.option("--attack-n", multiple=True, help="Cap one attack's test images, e.g. --attack-n cw=200 (repeatable).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", default="results/reproduce-mnist", type=click.Path(file_okay=False), help="Study directory.")
 @click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", help="Report format.")
@@ -222,6 +223,10 @@ def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, **over
 
     config = QUICK if quick else ReproduceConfig()
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes.get("attack_n"):
+        changes["attack_n"] = _parse_attack_n(changes["attack_n"])
+    else:
+        changes.pop("attack_n", None)
     if "defenses" in changes:
         changes["defenses"] = tuple(d.strip() for d in changes["defenses"].split(",") if d.strip())
     config = replace(config, device=device, **changes)
@@ -229,6 +234,16 @@ def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, **over
     for table in summary_tables(report.summary):
         Console().print(table)
     click.echo(f"report in {out}/report")
+
+
+def _parse_attack_n(items: tuple[str, ...]) -> dict[str, int]:
+    caps = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit() or int(value) < 1:
+            raise RobenchError(f"--attack-n takes NAME=N with N >= 1, got {item!r}")
+        caps[name.strip()] = int(value)
+    return caps
 
 
 def main() -> None:
