@@ -82,7 +82,7 @@ def _noise_stronger_than_adversarial(rows: pd.DataFrame, tol: float) -> Findings
     l2 = rows[rows["norm"] == "l2"].assign(_eps=_eps_key(rows))
     adversarial = l2[l2["attack"] != NOISE].groupby("_eps")["accuracy"].min()
     found = {}
-    for idx, row in l2[l2["attack"] == NOISE].iterrows():
+    for idx, row in l2[(l2["attack"] == NOISE) & (l2["_eps"] > 0)].iterrows():
         best = adversarial.get(row["_eps"])
         if pd.notna(best) and row["accuracy"] < best - tol:
             found[idx] = f"noise accuracy {row['accuracy']:.3f} is below the adversarial attacks' {best:.3f}"
@@ -120,8 +120,10 @@ def _findings(df: pd.DataFrame, tolerance: float) -> list[tuple[str, Hashable, s
     if not df.index.is_unique:
         raise RobenchError("results table has a non-unique index; reset it before checking")
     rows = df[~df["attack"].isin(IGNORED_ATTACKS)]
+    # Compare only rows of one evaluation: the same model on the same images (n) and seed.
+    by = ["model"] + [c for c in ("n", "seed") if c in rows.columns]
     out = []
-    for _, model_rows in rows.groupby("model", sort=False):
+    for _, model_rows in rows.groupby(by, sort=False):
         for check in CHECKS:
             for idx, reason in check.find(model_rows, tolerance).items():
                 out.append((check.name, idx, reason))

@@ -186,3 +186,15 @@ def test_checks_are_table_driven_and_missing_columns_refused():
     with pytest.raises(RobenchError, match="norm"):
         flag_rows(pd.DataFrame({"model": ["m"], "attack": ["pgd"], "epsilon": [0.1], "accuracy": [0.5]}))
     assert flag_rows(table(healthy_rows()).iloc[:0]).empty
+
+
+def test_rows_of_different_evaluations_are_not_compared():
+    """Noise on 1,000 images and CW on 100 have different clean accuracies: no flag from that alone."""
+    df = pd.DataFrame({
+        "model": ["m"] * 4, "attack": ["noise", "noise", "cw", "cw"], "norm": ["l2"] * 4,
+        "epsilon": [0.0, 2.0, 0.0, 2.0], "accuracy": [0.96, 0.95, 0.99, 0.90], "n": [1000, 1000, 100, 100],
+        "seed": [0] * 4,
+    })  # fmt: skip
+    assert flag_rows(df).tolist() == ["", "", "", ""]
+    same_n = df.assign(n=100, accuracy=[0.96, 0.60, 0.96, 0.90])
+    assert flag_rows(same_n).tolist() == ["", "noise_stronger_than_adversarial", "", ""]
