@@ -200,7 +200,7 @@ def reproduce() -> None:
 
 
 @reproduce.command(name="mnist")
-@click.option("--quick", is_flag=True, help="Small data, 2 epochs, 100 test images, short grids: < 10 min on 2 CPU cores.")
+@click.option("--quick", is_flag=True, help="Small data, 2 epochs, 100 test images (50 for CW), short grids: < 10 min on 2 CPU cores.")
 @click.option("--seeds", type=int, default=None, help="Seeds per defense (full: 5, quick: 1).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (full: 250, the paper's recipe; quick: 2).")
 @click.option("--train-subset", type=int, default=None, help="Train on the first N images (full: all 60,000).")

@@ -11,7 +11,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -168,13 +167,3 @@ def _batch_seed(seed: int, start: int) -> int:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def summary_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per model: clean accuracy and mean ||J||_F (from the jacobian_norm row), for printing."""
-    rows = []
-    for _, group in df[df["attack"] == JACOBIAN_ATTACK].groupby("model", sort=False):
-        last = group.iloc[-1]
-        rows.append({"model": last["model"], "defense": last["defense"], "clean": last["accuracy"],
-                     "jacobian_norm": last["value"], "n": last["n"]})  # fmt: skip
-    return rows
