@@ -50,3 +50,26 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
 def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON to `target` atomically."""
     write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def ensure_writable_dir(directory: str | os.PathLike, failure: str) -> Path:
+    """Create `directory` if needed and prove it writable with a probe file, before long work starts.
+
+    Args:
+        directory: the folder to check.
+        failure: the start of the one-line error, e.g. "cannot write results to x.csv".
+
+    Raises:
+        RobenchError: "<failure>: <reason>" when the folder cannot be made or written.
+    """
+    from .errors import RobenchError
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".robench-write-test"
+        write_text_atomic(probe, "")
+        probe.unlink()
+    except OSError as exc:
+        raise RobenchError(f"{failure}: {exc.strerror or exc}") from None
+    return directory

@@ -35,7 +35,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import RobenchError
-from .fileio import write_atomic, write_text_atomic
+from .fileio import ensure_writable_dir, write_atomic, write_text_atomic
 from .plots import Curve
 from .results import COLUMNS, JACOBIAN_ATTACK, read_results
 
@@ -211,15 +211,7 @@ def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
 
 
 def _writable_dir(out_dir: str | os.PathLike) -> Path:
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".robench-write-test"
-        write_text_atomic(probe, "")
-        probe.unlink()
-    except OSError as exc:
-        raise RobenchError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
-    return out
+    return ensure_writable_dir(out_dir, f"cannot write the report to {out_dir}")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .errors import RobenchError
-from .fileio import write_atomic
+from .fileio import ensure_writable_dir, write_atomic
 
 COLUMNS = [
     "model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed",
@@ -89,12 +89,7 @@ def _flags(df: pd.DataFrame, flag_rows) -> pd.Series:
 def check_writable(path: str | os.PathLike) -> Path:
     """Make sure the CSV's directory exists and is writable before any long work starts."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path.parent / f".{path.name}.write-test", lambda p: p.write_text(""))
-        (path.parent / f".{path.name}.write-test").unlink()
-    except OSError as exc:
-        raise RobenchError(f"cannot write results to {path}: {exc.strerror or exc}") from None
+    ensure_writable_dir(path.parent, f"cannot write results to {path}")
     if path.exists() and path.is_dir():
         raise RobenchError(f"cannot write results to {path}: it is a directory")
     read_results(path)  # refuse a foreign or corrupt CSV now, not after an hour of attacks

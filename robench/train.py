@@ -23,7 +23,7 @@ from .data import dataset_info, load_dataset, to_unit_float
 from .devices import resolve_device
 from .errors import RobenchError
 from .metrics import clean_accuracy, mean_jacobian_norm
-from .fileio import write_atomic
+from .fileio import ensure_writable_dir, write_atomic
 from .models import build_model, xavier_init_
 from .progress import make_progress
 
@@ -176,12 +176,7 @@ def _prepare_run_dir(config: TrainConfig, out_dir: Path, *, resume: bool, force:
         for name in checkpoint.RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
         exists = False
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / ".write-test", lambda p: p.write_text(""))
-        (out_dir / ".write-test").unlink()
-    except OSError as exc:
-        raise RobenchError(f"cannot write to {out_dir}: {exc.strerror}") from None
+    ensure_writable_dir(out_dir, f"cannot write to {out_dir}")
     if not exists:
         return 0, None
     meta = checkpoint.read_meta(out_dir)
