@@ -1,4 +1,4 @@
-"""Datasets as whole tensors: real MNIST offline, CIFAR-10 from a user's directory.
+"""Datasets as whole tensors: real MNIST offline, CIFAR-10 and ImageNet-style folders from a user's directory.
 
 Images stay uint8 in N x C x H x W until a batch is used, so a full MNIST fits in 55 MB and every tool
 sees exactly the dataset's pixels. Scaling to [0, 1] happens per batch (`to_unit_float`) and
@@ -42,7 +42,11 @@ DATASETS = {
     "cifar10": DatasetInfo(
         "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     ),
+    # torchvision's ImageNet constants; a folder may hold fewer classes (see `dataset_classes`)
+    "imagenet": DatasetInfo("imagenet", 3, 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+FOLDER_DATASETS = frozenset({"imagenet"})
+"""Datasets read from a class-per-folder tree, whose class count is the folder's."""
 SPLITS = ("train", "test")
 
 
@@ -55,18 +59,28 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def load_dataset(
-    name: str, split: str, *, root: str | os.PathLike | None = None, subset: int | None = None
+    name: str,
+    split: str,
+    *,
+    root: str | os.PathLike | None = None,
+    subset: int | None = None,
+    num_workers: int | None = None,
+    pin_memory: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a whole split as tensors, in the dataset's own order.
 
     Args:
-        name: "mnist" or "cifar10".
-        split: "train" or "test".
-        root: directory for datasets that come from disk (CIFAR-10 in torchvision's layout), or
-            where torchvision may download MNIST when the offline file is not installed.
-            Defaults to $ROBENCH_DATA or ~/.cache/robench.
+        name: "mnist", "cifar10" or "imagenet".
+        split: "train" or "test" (for "imagenet": the folders <root>/train and <root>/val).
+        root: directory for datasets that come from disk (CIFAR-10 in torchvision's layout, an
+            ImageNet-style tree), or where torchvision may download MNIST when the offline file is
+            not installed. Defaults to $ROBENCH_DATA (or ~/.cache/robench), plus "/imagenet" for
+            ImageNet.
         subset: keep only the first `subset` examples (the RobustBench convention, so every tool
-            evaluates the same images).
+            evaluates the same images); for folders only these are decoded.
+        num_workers: image-decoding worker processes for folder datasets (default min(8, CPUs)).
+        pin_memory: folder datasets: return page-locked images for a fast GPU copy (default: when
+            CUDA is available).
 
     Returns:
         (images, labels): uint8 N x C x H x W and int64 N.
@@ -76,11 +90,39 @@ def load_dataset(
         raise RobenchError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if subset is not None and subset <= 0:
         raise RobenchError(f"subset must be a positive number of examples, got {subset}")
-    root = Path(root or os.environ.get("ROBENCH_DATA") or Path.home() / ".cache" / "robench")
+    root = data_root(name, root)
+    if name in FOLDER_DATASETS:
+        from .folders import load_image_folder, split_folder
+
+        folder = split_folder(root, split)
+        return load_image_folder(folder, subset=subset, num_workers=num_workers, pin_memory=pin_memory)
     images, labels = _LOADERS[name](split, root)
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
     return images, labels
+
+
+def data_root(name: str, root: str | os.PathLike | None = None) -> Path:
+    """`root` if given, else $ROBENCH_DATA or ~/.cache/robench (for ImageNet its "imagenet" folder)."""
+    if root:
+        return Path(root)
+    base = Path(os.environ.get("ROBENCH_DATA") or Path.home() / ".cache" / "robench")
+    return base / name if name in FOLDER_DATASETS else base
+
+
+def dataset_classes(name: str, split: str = "test", *, root: str | os.PathLike | None = None) -> tuple[int, str]:
+    """How many classes the split's labels index, and where that count comes from (for messages).
+
+    Fixed for MNIST and CIFAR-10; for a folder dataset it is the number of class folders, which a
+    model's output count must match (`robench.sources.check_classes`).
+    """
+    info = dataset_info(name)
+    if name not in FOLDER_DATASETS:
+        return info.num_classes, name
+    from .folders import folder_classes, split_folder
+
+    folder = split_folder(data_root(name, root), split)
+    return len(folder_classes(folder)), str(folder)
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -168,22 +210,10 @@ def _load_mnist_torchvision(split: str, root: Path) -> tuple[torch.Tensor, torch
 
 
 def _load_cifar10(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 in torchvision's layout (root/cifar-10-batches-py), never downloaded.
+    """CIFAR-10 in torchvision's layout (root/cifar-10-batches-py), never downloaded, read safely."""
+    from .cifar import load_cifar10
 
-    torchvision checks every batch file against the official MD5 before unpickling it, so only the
-    genuine CIFAR-10 files are ever loaded.
-    """
-    from torchvision.datasets import CIFAR10
-
-    try:
-        ds = CIFAR10(str(root), train=split == "train", download=False)
-    except RuntimeError:
-        raise RobenchError(
-            f"CIFAR-10 not found (or not the official files) under {root}; "
-            "point --data-root at the directory holding cifar-10-batches-py"
-        ) from None
-    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-    return images, torch.tensor(ds.targets, dtype=torch.int64)
+    return load_cifar10(split, root)
 
 
 _LOADERS = {"mnist": _load_mnist, "cifar10": _load_cifar10}
