@@ -27,6 +27,9 @@ def test_grid_runs_and_a_restart_redoes_nothing(tmp_path):
     assert sorted(df["defense"].unique()) == ["jr=0.01", "none"]
     assert len(df) == 2 * (1 + 3)  # per model: jacobian_norm row + 3 fgsm eps rows
     assert (tmp_path / "report" / "summary.csv").exists() and len(report.summary) == 2
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert sorted(timings["train"]) == ["jr-s0", "none-s0"] and list(timings["eval"]) == ["fgsm"]
+    assert timings["total"]["seconds"] >= sum(timings["train"].values()) + timings["eval"]["fgsm"] > 0
     runs = tmp_path / "runs"
     before = _mtimes(runs)
     csv_before = (tmp_path / "results.csv").read_bytes()
