@@ -18,3 +18,17 @@ def resolve_device(choice: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RobenchError(f"device {choice!r} asked for, but no CUDA GPU is available")
     return device
+
+
+def configure_tf32(enabled: bool) -> None:
+    """Let CUDA matmuls and cuDNN convolutions use TF32 tensor cores (enabled) or keep full fp32.
+
+    TF32 keeps fp32's range but rounds the inputs of matmuls and convolutions to a 10-bit mantissa,
+    which makes fp32 training several times faster on Ampere and newer GPUs (H100 included); SGD
+    training and attacks do not notice that rounding, so robench turns TF32 on by default on CUDA
+    (PyTorch's own default is on for convolutions only). Turn it off for exact fp32: comparing
+    numbers with a CPU run, checking gradients to many digits, or measuring Jacobian norms of
+    nearly-flat models. The flags are process-wide and have no effect on the CPU.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

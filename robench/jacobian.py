@@ -23,6 +23,11 @@ Usage in any training loop::
     x.requires_grad_(True)
     logits = model(x)
     loss = F.cross_entropy(logits, y) + lam * reg(x, logits)
+
+or, letting robench run the model and pick the cheapest way to the same numbers::
+
+    logits, sq = logits_and_frobenius_sq(model, x, n_proj=1, generator=gen)
+    loss = F.cross_entropy(logits, y) + lam * 0.5 * sq.mean()
 """
 
 from __future__ import annotations
@@ -85,18 +90,8 @@ def frobenius_sq(
     n_proj = _check_n_proj(n_proj)
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
-    batch, classes = logits.shape
-    if n_proj is None:
-        eye = torch.eye(classes, device=logits.device, dtype=logits.dtype)
-        directions = eye.unsqueeze(1).expand(classes, batch, classes)
-        scale = 1.0
-    else:
-        directions = torch.randn(
-            n_proj, batch, classes, device=logits.device, dtype=logits.dtype, generator=generator
-        )
-        directions = directions / directions.norm(dim=2, keepdim=True)
-        scale = classes / n_proj
-    total = logits.new_zeros(batch)
+    directions, scale = _directions(logits, n_proj, generator)
+    total = logits.new_zeros(logits.shape[0])
     for k, v in enumerate(directions):
         last = k == len(directions) - 1
         (grad_x,) = torch.autograd.grad(
@@ -105,23 +100,140 @@ def frobenius_sq(
         )  # fmt: skip
         if grad_x is None:
             raise ValueError("logits do not depend on x: compute logits = model(x) from this x, not a detached copy")
-        total = total + grad_x.pow(2).reshape(batch, -1).sum(dim=1)
+        total = total + grad_x.pow(2).reshape(len(x), -1).sum(dim=1)
     return scale * total
+
+
+METHODS = ("auto", "autograd", "vmap")
+
+# Upper bound on (vectors per vmap chunk) x (batch): the batched backward holds that many examples'
+# activation gradients at once, so exact mode with many classes goes in chunks instead of at once.
+_MAX_BATCHED_ROWS = 4096
+
+
+def logits_and_frobenius_sq(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    n_proj: int | None = 1,
+    generator: torch.Generator | None = None,
+    create_graph: bool | None = None,
+    method: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` on `x` once; return its logits and the per-example ||J(x_i)||_F^2 of that very forward.
+
+    The Jacobian is of the forward that gave the logits (same dropout mask, same BatchNorm batch),
+    and the random directions are drawn after it exactly as `frobenius_sq` draws them, so a given
+    generator state (and global seed, for dropout) gives the same numbers with every method.
+
+    Methods:
+        "autograd": the paper's Algorithm 1, one torch.autograd.grad per projection (`frobenius_sq`).
+        "vmap": one torch.func.vjp of the model, its pullback vmapped over all projection vectors at
+            once (exact mode: all C one-hot vectors), so K backward passes become one batched pass.
+            torch.func cannot trace in-place buffer updates, so BatchNorm in training mode is refused.
+        "auto": "vmap" for exact mode and n_proj > 1 on CUDA, "autograd" otherwise (and always for
+            BatchNorm in training mode). Measured on a shared 2-core CPU (LeNet', one thread's CPU time,
+            median of 7; wall-clock figures of benchmarks/bench_jr.py in docs/PERFORMANCE.md): vmap is
+            slower on a CPU, where the batched backward runs as a few large, oddly-shaped oneDNN
+            convolutions (exact training step 1.25 s vs 0.87 s at batch 64; exact evaluation at
+            batch 500 4.7 s vs 3.6 s), and no faster for n_proj = 1 or 3 (within 5%). It wins on a
+            CPU only for tiny batches (exact: 114 vs 174 ms at batch 8, even at batch 32), smaller
+            than robench trains or evaluates with. On a GPU the C small backward passes are
+            launch-bound and one batched pass should win; that choice is not yet measured there.
+
+    A forward-over-reverse variant (torch.func.jvp of the parameter gradient instead of double
+    backward) gives the same parameter gradients but is several times slower in the benchmark.
+
+    Args:
+        model: maps a batch `x` to B x C logits.
+        x: the batch as the model sees it; it need not require grad (a leaf copy is made if needed).
+        n_proj: projections per example, or None (or -1) for the exact value.
+        generator: optional generator for the random directions.
+        create_graph: keep the norms (and logits) differentiable in the parameters; defaults to
+            whether grad mode is on. When false the logits come back detached.
+        method: "auto", "autograd" or "vmap".
+
+    Returns:
+        (logits of shape B x C, squared norms of shape B).
+    """
+    n_proj = _check_n_proj(n_proj)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if create_graph is None:
+        create_graph = torch.is_grad_enabled()
+    if method == "auto":
+        method = _auto_method(model, x, n_proj)
+    if method == "vmap":
+        return _logits_and_sq_vmap(model, x, n_proj, generator, create_graph)
+    return _logits_and_sq_autograd(model, x, n_proj, generator, create_graph)
+
+
+def _auto_method(model: nn.Module, x: torch.Tensor, n_proj: int | None) -> str:
+    """The method "auto" stands for; see `logits_and_frobenius_sq` for the measurements behind it."""
+    batched = n_proj != 1 and x.device.type == "cuda"
+    return "vmap" if batched and not _updates_running_stats(model) else "autograd"
+
+
+def _logits_and_sq_autograd(model, x, n_proj, generator, create_graph):
+    """Plain forward, then `frobenius_sq`: the reference path."""
+    if not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        sq = frobenius_sq(x, logits, n_proj=n_proj, generator=generator, create_graph=create_graph)
+    return (logits, sq) if create_graph else (logits.detach(), sq)
+
+
+def _logits_and_sq_vmap(model, x, n_proj, generator, create_graph):
+    """torch.func.vjp runs the ordinary forward once (dropout draws its mask as usual) and returns
+    its pullback; vmapping the pullback reuses that forward's saved tensors for every vector."""
+    if _updates_running_stats(model):
+        raise ValueError(
+            "method 'vmap' cannot run a model with BatchNorm in training mode (torch.func does not "
+            "trace running-statistics updates); use method 'auto' or 'autograd'"
+        )
+    # torch.func differentiates in x whatever the grad mode; the outer mode decides whether a graph
+    # to the parameters is recorded (double backward) or not (evaluation).
+    with torch.set_grad_enabled(create_graph):
+        logits, pullback = torch.func.vjp(model, x)
+        _check_logits(x, logits)
+        directions, scale = _directions(logits, n_proj, generator)
+        chunk = max(1, _MAX_BATCHED_ROWS // max(1, len(x)))
+        (grads,) = torch.func.vmap(pullback, chunk_size=chunk)(directions)
+        sq = scale * grads.pow(2).reshape(len(directions), len(x), -1).sum(dim=2).sum(dim=0)
+    return logits, sq
+
+
+def _updates_running_stats(model: nn.Module) -> bool:
+    """True when a forward would update BatchNorm running statistics (in-place buffer writes)."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+        for m in model.modules()
+    )
+
+
+def _directions(logits: torch.Tensor, n_proj: int | None, generator) -> tuple[torch.Tensor, float]:
+    """Projection vectors (K x B x C) and the factor that makes scale * sum_k ||v_k^T J||^2 estimate
+    ||J||_F^2: the C one-hot vectors with factor 1, or n_proj unit-sphere draws with factor C / n_proj."""
+    batch, classes = logits.shape
+    if n_proj is None:
+        eye = torch.eye(classes, device=logits.device, dtype=logits.dtype)
+        return eye.unsqueeze(1).expand(classes, batch, classes), 1.0
+    directions = torch.randn(n_proj, batch, classes, device=logits.device, dtype=logits.dtype, generator=generator)
+    return directions / directions.norm(dim=2, keepdim=True), classes / n_proj
 
 
 def jacobian_norm(model: nn.Module, x: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
     """Exact per-example ||J(x_i)||_F of `model` at `x` (shape B), for evaluation.
 
     The model is used as it is (call model.eval() first for dropout-free numbers); its parameters'
-    .grad are left untouched.
+    .grad are left untouched. The C products go the cheapest way for the device (method "auto").
     """
     results = []
     for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size].detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(chunk)
-            sq = frobenius_sq(chunk, logits, n_proj=None, create_graph=False)
-        results.append(sq.detach().sqrt())
+        chunk = x[start : start + batch_size].detach()
+        _, sq = logits_and_frobenius_sq(model, chunk, n_proj=None, create_graph=False)
+        results.append(sq.sqrt())
     if not results:
         return x.new_zeros(0)
     return torch.cat(results)
@@ -141,13 +253,17 @@ def _check_inputs(x: torch.Tensor, logits: torch.Tensor) -> None:
         raise ValueError(
             "x does not require grad: call x.requires_grad_(True) before computing logits = model(x)"
         )
+    _check_logits(x, logits)
+    if not logits.requires_grad:
+        raise ValueError(
+            "logits do not require grad: compute them from x with grad mode on (not under torch.no_grad)"
+        )
+
+
+def _check_logits(x: torch.Tensor, logits: torch.Tensor) -> None:
     if logits.dim() != 2:
         raise ValueError(f"logits must be B x C, got shape {tuple(logits.shape)}")
     if logits.shape[1] < 2:
         raise ValueError("the Jacobian penalty needs at least 2 output classes")
     if logits.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but logits have {logits.shape[0]}")
-    if not logits.requires_grad:
-        raise ValueError(
-            "logits do not require grad: compute them from x with grad mode on (not under torch.no_grad)"
-        )

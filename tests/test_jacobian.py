@@ -7,7 +7,10 @@ What must not silently break:
   paper's eq. 7 / Algorithm 1 is present), has the variance PAPER.md states, and each draw is a
   Rayleigh quotient of J J^T (directions on the unit sphere, independent per example);
 - the penalty is differentiable in the parameters (double backprop) with the right gradient;
-- dtypes, batch size 1, any C >= 2, and clear ValueErrors for misuse.
+- dtypes, batch size 1, any C >= 2, and clear ValueErrors for misuse;
+- logits_and_frobenius_sq gives the reference path's numbers with every method (values and parameter
+  gradients, dropout in train mode included: the Jacobian is of the forward that gave the logits), on
+  registry models, and refuses or routes around what torch.func cannot do (BatchNorm in train mode).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from robench.jacobian import JacobianReg, frobenius_sq, jacobian_norm
+import robench.jacobian
+from robench.jacobian import JacobianReg, frobenius_sq, jacobian_norm, logits_and_frobenius_sq
 
 DTYPE = torch.float64
 
@@ -412,3 +417,144 @@ def test_other_misuse_is_refused():
 def test_bad_n_proj_is_refused(bad):
     with pytest.raises(ValueError, match="n_proj"):
         JacobianReg(n_proj=bad)
+
+
+# ------------------------------------------------------------- model-aware path: logits_and_frobenius_sq
+
+
+def registry_model(name: str, dataset: str, *, dropout: float = 0.5) -> nn.Module:
+    from robench.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(name, dataset, dropout=dropout).to(DTYPE).train()
+
+
+def mnist_batch(mnist_test_small, n: int = 4):
+    from robench.data import to_unit_float
+
+    images, labels = mnist_test_small
+    return to_unit_float(images[:n]).to(DTYPE), labels[:n]
+
+
+def penalty_run(model, x, y, n_proj, method, *, seed=0):
+    """One seeded training-style evaluation: logits, per-example norms and the parameter gradients of
+    cross-entropy + 0.5 * mean(sq). method=None is the reference: model(x), then frobenius_sq."""
+    torch.manual_seed(seed)  # dropout masks
+    gen = torch.Generator(device=x.device).manual_seed(seed + 100)
+    if method is None:
+        xg = x.clone().requires_grad_(True)
+        logits = model(xg)
+        sq = frobenius_sq(xg, logits, n_proj=n_proj, generator=gen)
+    else:
+        logits, sq = logits_and_frobenius_sq(model, x, n_proj=n_proj, generator=gen, method=method)
+    loss = F.cross_entropy(logits, y) + 0.5 * sq.mean()
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return logits.detach(), sq.detach(), grads
+
+
+def assert_same_run(got, expected):
+    (logits, sq, grads), (ref_logits, ref_sq, ref_grads) = got, expected
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-10, atol=0)
+    torch.testing.assert_close(sq, ref_sq, rtol=1e-5, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+@pytest.mark.parametrize("n_proj", [None, 1, 3])
+@pytest.mark.parametrize("method", ["autograd", "vmap", "auto"])
+def test_methods_equal_reference_path_with_dropout(mnist_test_small, name, n_proj, method):
+    """Real MNIST digits, registry models with dropout 0.5 in train mode, float64: same logits, same
+    per-example norms, same parameter gradients as model(x) followed by frobenius_sq."""
+    model = registry_model(name, "mnist")
+    x, y = mnist_batch(mnist_test_small)
+    expected = penalty_run(model, x, y, n_proj, None)
+    got = penalty_run(model, x, y, n_proj, method)
+    assert_same_run(got, expected)
+    assert all(g.abs().max() > 0 for g in got[2][::2]), "weights without gradient: the test would be vacuous"
+    # Teeth: another dropout mask (or another draw of directions) changes the numbers well beyond the
+    # tolerance, so a Jacobian taken of a second forward pass could not pass the comparison above.
+    other = penalty_run(model, x, y, n_proj, method, seed=1)
+    assert not torch.allclose(other[1], expected[1], rtol=1e-3)
+
+
+def test_exact_vmap_equals_independent_jacobian(mnist_test_small):
+    """Exact mode against torch.autograd.functional.jacobian (no dropout, so the forward is a function)."""
+    model = registry_model("lenet", "mnist", dropout=0.0)
+    x, _ = mnist_batch(mnist_test_small, 2)
+    _, sq = logits_and_frobenius_sq(model, x, n_proj=None, method="vmap")
+    torch.testing.assert_close(sq, reference_sq(model, x), rtol=1e-5, atol=0)
+
+
+def test_vmap_in_chunks_gives_the_same_numbers(monkeypatch):
+    """Many classes times a large batch go through vmap in chunks; the result must not change."""
+    model, x = make_case("conv", 10, batch=4)
+    _, whole = logits_and_frobenius_sq(model, x, n_proj=None, method="vmap")
+    monkeypatch.setattr(robench.jacobian, "_MAX_BATCHED_ROWS", 9)  # 2 vectors per chunk, 5 chunks
+    _, chunked = logits_and_frobenius_sq(model, x, n_proj=None, method="vmap")
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=0)
+    torch.testing.assert_close(chunked, reference_sq(model, x), rtol=1e-5, atol=1e-10)
+
+
+def test_resnet18_batchnorm_train_mode():
+    """BatchNorm in train mode: "auto" takes the autograd path and matches it (running statistics
+    updated once per call, as by one forward); "vmap" refuses with a message instead of failing inside
+    torch.func. With BatchNorm in eval mode, vmap works on the same network."""
+    model = registry_model("resnet18", "cifar10", dropout=0.5)
+    x = torch.rand(2, 3, 16, 16, dtype=DTYPE, generator=torch.Generator().manual_seed(0))  # 16 px: 4x cheaper
+    y = torch.tensor([3, 7])
+    bn = model.net.bn1
+    assert robench.jacobian._updates_running_stats(model)  # what keeps "auto" off vmap (on CUDA)
+    before = bn.num_batches_tracked.item()
+    expected = penalty_run(model, x, y, 2, None)
+    assert bn.num_batches_tracked.item() == before + 1
+    assert_same_run(penalty_run(model, x, y, 2, "auto"), expected)
+    assert bn.num_batches_tracked.item() == before + 2
+    with pytest.raises(ValueError, match="BatchNorm in training mode"):
+        logits_and_frobenius_sq(model, x, n_proj=2, method="vmap")
+    assert bn.num_batches_tracked.item() == before + 2
+
+    model.eval()
+    assert not robench.jacobian._updates_running_stats(model)
+    gen = torch.Generator().manual_seed(0)
+    x1 = x[:1].clone().requires_grad_(True)
+    ref = frobenius_sq(x1, model(x1), n_proj=2, generator=gen)
+    _, got = logits_and_frobenius_sq(model, x[:1], n_proj=2, generator=gen.manual_seed(0), method="vmap")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("method", ["autograd", "vmap"])
+def test_no_graph_mode_leaves_model_and_input_alone(method):
+    model, x = make_case("mlp", 3, batch=3)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    with torch.no_grad():
+        logits, sq = logits_and_frobenius_sq(model, x, n_proj=None, method=method)
+    torch.testing.assert_close(sq, reference_sq(model, x), rtol=1e-5, atol=1e-10)
+    assert not logits.requires_grad and not sq.requires_grad
+    assert not x.requires_grad and x.grad is None
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.25)) for p in model.parameters())
+    _, sq = logits_and_frobenius_sq(model, x, n_proj=None, method=method)  # grad mode on: differentiable
+    assert sq.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n_proj", [None, 3])
+def test_methods_equal_reference_path_on_cuda(mnist_test_small, n_proj):
+    """On CUDA "auto" batches the products (vmap): same numbers as the reference path there too."""
+    model = registry_model("lenet", "mnist").cuda()
+    x, y = mnist_batch(mnist_test_small)
+    x, y = x.cuda(), y.cuda()
+    assert robench.jacobian._auto_method(model, x, n_proj) == "vmap"
+    expected = penalty_run(model, x, y, n_proj, None)
+    assert_same_run(penalty_run(model, x, y, n_proj, "auto"), expected)
+
+
+def test_bad_method_is_refused():
+    model, x = make_case("mlp", 3)
+    with pytest.raises(ValueError, match="method"):
+        logits_and_frobenius_sq(model, x, method="jvp")
+    with pytest.raises(ValueError, match="n_proj"):
+        logits_and_frobenius_sq(model, x, n_proj=0)
