@@ -270,3 +270,18 @@ def test_resnet18_fits_cifar10_data(cifar):
     assert out.shape == (4, info.num_classes) and torch.isfinite(out).all()
     # the loss the trainer uses is defined on these labels
     assert torch.isfinite(torch.nn.functional.cross_entropy(out, labels))
+
+
+def test_resnet18_trains_one_jr_epoch_on_a_cifar10_directory(cifar, tmp_path):
+    """The documented CIFAR-10 recipe's model, end to end: train (JR through BatchNorm), checkpoint, reload."""
+    from robench.checkpoint import load
+    from robench.train import TrainConfig, train
+
+    root, _ = cifar
+    config = TrainConfig(model="resnet18", dataset="cifar10", data_root=str(root), jr=0.01, l2=5e-4, epochs=1,
+                         batch_size=20, train_subset=40, test_subset=10, lr=0.01, norm_samples=4, device="cpu")  # fmt: skip
+    meta = train(config, tmp_path / "run", show_progress=False)
+    assert meta["finished"] and meta["test_examples"] == 10
+    assert 0.0 <= meta["metrics"]["test_accuracy"] <= 1.0 and meta["metrics"]["test_jacobian_norm"] > 0
+    model, _ = load(tmp_path / "run")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
