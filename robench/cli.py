@@ -63,20 +63,27 @@ def cli() -> None:
 @click.option("--test-subset", type=int, default=None, help="Test on the first N test images.")
 @click.option("--norm-samples", type=int, default=DEFAULTS.norm_samples,
               help="Test images used for the per-epoch exact ||J||_F.")
-@click.option("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N (torchrun: auto or cuda).")
 @click.option("--data-root", default=None, help="Dataset directory (CIFAR-10; MNIST download fallback).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--force", is_flag=True, help="Overwrite the run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out_dir: str, resume: bool, force: bool, quiet: bool, **options) -> None:
-    """Train a model (optionally with JR, L2, dropout, FGSM adversarial training) into a run directory."""
+    """Train a model (optionally with JR, L2, dropout, FGSM adversarial training) into a run directory.
+
+    Under `torchrun --nproc-per-node G -m robench train ...` the G processes train together
+    (DistributedDataParallel); --batch-size stays the global batch.
+    """
+    from .distributed import is_main_process
     from .train import train as run_training
 
     if resume and force:
         raise RobenchError("--resume and --force exclude each other")
     config = TrainConfig(**options)
     meta = run_training(config, out_dir, resume=resume, force=force, show_progress=not quiet)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return
     metrics = meta.get("metrics", {})
     click.echo(
         f"{out_dir}: {config.model} [{config.defense}] test accuracy "
@@ -116,7 +123,7 @@ def show(runs: tuple[str, ...]) -> None:
 @click.option("--eps", default=None, help="Epsilon list overriding the attacks' grids, e.g. '0,0.1,0.3' or '0,8/255'.")
 @click.option("--n", type=int, default=None, help="Evaluate the first N test images (default: all).")
 @click.option("--batch-size", type=int, default=EVAL_DEFAULTS.batch_size)
-@click.option("--device", default=EVAL_DEFAULTS.device, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default=EVAL_DEFAULTS.device, help="auto, cpu, cuda or cuda:N (torchrun: auto or cuda).")
 @click.option("--seed", type=int, default=EVAL_DEFAULTS.seed, help="Seeds random starts and noise.")
 @click.option("--arch", default=None, help="Evaluate a robench or torchvision architecture with --weights.")
 @click.option("--weights", type=click.Path(), default=None, help="Weights file for --arch (.safetensors or .pth).")
@@ -126,25 +133,28 @@ def show(runs: tuple[str, ...]) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, weights: str | None,
                  dataset: str, out: str | None, quiet: bool, **options) -> None:
-    """Attack MODELS (robench run directories) over an epsilon grid and append rows to a CSV."""
+    """Attack MODELS (robench run directories) over an epsilon grid and append rows to a CSV.
+
+    Under `torchrun --nproc-per-node G -m robench -- eval ...` the G processes split the test
+    images (whole batches each) and rank 0 writes the same rows a single process would. (The `--`
+    stops torchrun's own parser from reading --n as an abbreviation of one of its options.)
+    """
+    from functools import partial
+
     from rich.console import Console
 
     from .attacks import parse_eps
     from .checks import warnings_for
-    from .evaluate import evaluate
+    from .distributed import is_main_process
+    from .evaluate import evaluate, open_sources
     from .progress import console
-    from .sources import from_run, from_weights
     from .tables import attack_tables, clean_table
 
-    if (arch is None) != (weights is None):
-        raise RobenchError("--arch and --weights go together")
-    if not models and arch is None:
-        raise RobenchError("name at least one model (a robench run directory) or --arch with --weights")
     config = EvalConfig(eps=tuple(parse_eps(eps)) if eps is not None else None, **options).validate()
-    sources = [from_run(m) for m in models]
-    if arch is not None:
-        sources.append(from_weights(arch, weights, dataset))
-    df = evaluate(sources, config, out=out, show_progress=not quiet)
+    opener = partial(open_sources, models, arch=arch, weights=weights, dataset=dataset)
+    df = evaluate(opener, config, out=out, show_progress=not quiet)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return
     stdout = Console()
     stdout.print(clean_table(df))
     for table in attack_tables(df):

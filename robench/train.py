@@ -3,6 +3,10 @@
 The data live on the training device as one uint8 tensor; each epoch draws batches from a
 permutation seeded by (seed, epoch), and the Jacobian projections and dropout masks are seeded the
 same way, so a resumed run repeats the batches an uninterrupted run would have seen.
+
+Under torchrun, G processes train one model with DistributedDataParallel: each takes a contiguous
+G-th of every global batch, so a step computes the same batch-mean gradient as one process would;
+rank 0 alone evaluates after each epoch and writes the run directory.
 """
 
 from __future__ import annotations
@@ -18,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, distributed
 from .data import dataset_info, load_dataset, to_unit_float
-from .devices import resolve_device
 from .errors import RobenchError
 from .metrics import clean_accuracy, mean_jacobian_norm
 from .fileio import ensure_writable_dir, write_atomic
@@ -128,18 +131,34 @@ def train(
 ) -> dict[str, Any]:
     """Train a model and write its run directory; returns the final meta dict.
 
+    Under torchrun (`torchrun --nproc-per-node G -m robench train ...`) the G processes train one
+    model with DistributedDataParallel: --batch-size stays the global batch, and rank 0 alone
+    writes the run directory.
+
     Args:
         config: the run's settings.
         out_dir: the run directory. An existing run is refused unless `resume` (continue after
             its last finished epoch) or `force` (start over).
         resume: continue an existing run; starts fresh if `out_dir` holds no run yet.
         force: delete an existing run's files and start over.
-        show_progress: draw a rich progress bar.
+        show_progress: draw a rich progress bar (rank 0 only).
     """
     config.validate()
-    out_dir = Path(out_dir)
-    device = resolve_device(config.device)
-    start_epoch, state = _prepare_run_dir(config, out_dir, resume=resume, force=force)
+    with distributed.session(config.device) as world:
+        return _train(config, Path(out_dir), world, resume=resume, force=force, show_progress=show_progress)
+
+
+def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resume: bool, force: bool,
+           show_progress: bool) -> dict[str, Any]:  # fmt: skip
+    """The training run on one rank: rank 0 checks and writes the run directory, every rank trains.
+
+    Rank 0 reads a resumed checkpoint and hands it to the others, so all ranks start from the same
+    weights even without a shared file system; per-epoch evaluation also runs on rank 0 (the others
+    wait for its result, which also tells them if saving failed).
+    """
+    start_epoch, state = world.on_main(lambda: _prepare_run_dir(config, out_dir, resume=resume, force=force))
+    if start_epoch >= config.epochs:  # a finished run resumed: nothing to load or train
+        return state["meta"]
     torch.manual_seed(config.seed)
     model = xavier_init_(build_model(config.model, config.dataset, dropout=config.dropout))
     optimizer = torch.optim.SGD(
@@ -149,20 +168,24 @@ def train(
         checkpoint.load_state(model, state["weights"], source=str(out_dir))
         if state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
-    model.to(device)
-    _move_optimizer_state(optimizer, device)
-    data = _load_data(config, device)
+    model.to(world.device)
+    _move_optimizer_state(optimizer, world.device)
+    data = world.agree(lambda: _load_data(config, world.device))
     meta = state["meta"] if state is not None else _new_meta(config, model)
+    meta["world_size"] = world.size
     meta["test_examples"] = len(data["test_y"])
     meta["norm_examples"] = min(config.norm_samples, len(data["test_y"]))
-    with make_progress(disable=not show_progress) as progress:
+    net = world.wrap(model)
+    with make_progress(disable=not (show_progress and world.is_main)) as progress:
         task = progress.add_task(
             f"train {config.model} [{config.defense}]", total=config.epochs, completed=start_epoch,
             status="",
         )  # fmt: skip
         for epoch in range(start_epoch, config.epochs):
-            row = _run_epoch(config, model, optimizer, data, epoch, progress, task)
-            _save_epoch(out_dir, config, model, optimizer, meta, row)
+            sums, lr, started = _run_epoch(config, net, optimizer, data, epoch, world, progress, task)
+            meta, row = world.on_main(
+                lambda: _finish_epoch(out_dir, config, model, optimizer, data, meta, epoch, sums, lr, started)
+            )
             progress.update(task, advance=1, status=_status(row))
     return meta
 
@@ -208,8 +231,15 @@ def _load_data(config: TrainConfig, device: torch.device) -> dict[str, torch.Ten
     }  # fmt: skip
 
 
-def _run_epoch(config, model, optimizer, data, epoch, progress, task) -> dict[str, Any]:
-    """One pass over the training set; returns the epoch's log row."""
+def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
+    """One pass over the training set; returns (totals over ranks, last lr, start time).
+
+    Every rank walks the same permutation, seeded by (seed, epoch), and trains on its contiguous
+    chunk of each global batch (tensor_split), so each step covers exactly a single process's batch;
+    a batch with fewer examples than ranks is skipped by all ranks alike. Dropout masks and JR
+    projections are seeded per (seed, epoch, rank); rank 0 draws what a single process draws.
+    Losses are summed on the device: no host sync per step, except for the progress bar's status.
+    """
     from .jacobian import JacobianReg
 
     device = data["train_x"].device
@@ -217,46 +247,74 @@ def _run_epoch(config, model, optimizer, data, epoch, progress, task) -> dict[st
     n_train = len(data["train_x"])
     steps_per_epoch = -(-n_train // config.batch_size)
     order = torch.randperm(n_train, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    proj_gen = torch.Generator(device=device).manual_seed(config.seed * 100_003 + epoch)
-    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout masks
+    rank_seed = config.seed * 100_003 + epoch + world.rank * 1_000_000_007
+    proj_gen = torch.Generator(device=device).manual_seed(rank_seed)
+    torch.manual_seed(rank_seed)  # dropout masks
     reg = JacobianReg(n_proj=None if config.exact else config.nproj)
-    model.train()
-    sums = {"ce": 0.0, "jr": 0.0, "correct": 0}
-    for i, idx in enumerate(order.to(device).split(config.batch_size)):
-        step = epoch * steps_per_epoch + i
-        lr = learning_rate(config, step, steps_per_epoch * config.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = to_unit_float(data["train_x"][idx]), data["train_y"][idx]
-        x_adv = fgsm_examples(model, x, y, config.adv_eps) if config.adv_train else None
-        x.requires_grad_(config.jr > 0)
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
-        loss = ce if x_adv is None else 0.5 * ce + 0.5 * F.cross_entropy(model(x_adv), y)
-        if config.jr > 0:
-            jr_term = reg(x, logits, generator=proj_gen)
-            loss = loss + config.jr * jr_term
-            sums["jr"] += jr_term.item() * len(idx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sums["ce"] += ce.item() * len(idx)
-        sums["correct"] += (logits.argmax(1) == y).sum().item()
-        if i % 20 == 0:
+    net.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum of CE, sum of JR term, correct
+    count = 0
+    for i, batch in enumerate(order.to(device).split(config.batch_size)):
+        lr = learning_rate(config, epoch * steps_per_epoch + i, steps_per_epoch * config.epochs)
+        if len(batch) < world.size:
+            continue
+        idx = batch.tensor_split(world.size)[world.rank]
+        # DDP averages gradients over ranks; weighting by the chunk's share makes that the batch mean.
+        weight = len(idx) * world.size / len(batch)
+        ce, jr_term = _train_step(config, net, optimizer, reg, proj_gen, data, idx, lr, weight, sums)
+        count += len(idx)
+        if i % 20 == 0 and not progress.disable:
             progress.update(task, status=f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} ce {ce.item():.3f}"
-                            + (f" jr {jr_term.item():.3f}" if config.jr > 0 else ""))  # fmt: skip
-    return _epoch_row(config, model, data, epoch, sums, n_train, lr, started)
+                            + (f" jr {jr_term.item():.3f}" if jr_term is not None else ""))  # fmt: skip
+    totals = world.sum(torch.cat([sums.cpu(), torch.tensor([float(count)], dtype=torch.float64)]))
+    return totals.tolist(), lr, started
 
 
-def _epoch_row(config, model, data, epoch, sums, n_train, lr, started) -> dict[str, Any]:
+def _train_step(config, net, optimizer, reg, proj_gen, data, idx, lr, weight, sums):
+    """One SGD step on the examples `idx`; adds their CE, JR term and correct count to `sums`."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = to_unit_float(data["train_x"][idx]), data["train_y"][idx]
+    # FGSM examples come from the bare module: no gradient sync is wanted for them.
+    x_adv = fgsm_examples(getattr(net, "module", net), x, y, config.adv_eps) if config.adv_train else None
+    x.requires_grad_(config.jr > 0)
+    logits = net(x)
+    ce = F.cross_entropy(logits, y)
+    loss = ce if x_adv is None else 0.5 * ce + 0.5 * F.cross_entropy(net(x_adv), y)
+    jr_term = None
+    if config.jr > 0:
+        jr_term = reg(x, logits, generator=proj_gen)
+        loss = loss + config.jr * jr_term
+    if weight != 1.0:
+        loss = loss * weight
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        sums[0] += ce.double() * len(idx)
+        if jr_term is not None:
+            sums[1] += jr_term.double() * len(idx)
+        sums[2] += (logits.argmax(1) == y).sum()
+    return ce, jr_term
+
+
+def _finish_epoch(out_dir, config, model, optimizer, data, meta, epoch, sums, lr, started):
+    """Rank 0 after an epoch: evaluate, write the checkpoint; returns (meta, log row)."""
+    row = _epoch_row(config, model, data, epoch, sums, lr, started)
+    _save_epoch(out_dir, config, model, optimizer, meta, row)
+    return meta, row
+
+
+def _epoch_row(config, model, data, epoch, sums, lr, started) -> dict[str, Any]:
     """Evaluate after an epoch: test accuracy and the exact mean test ||J||_F."""
+    ce_sum, jr_sum, correct, count = sums
     model.eval()
     norm_x = data["test_x"][: config.norm_samples]
     return {
         "epoch": epoch + 1,
-        "supervised_loss": sums["ce"] / n_train,
-        "jr_term": sums["jr"] / n_train if config.jr > 0 else float("nan"),
-        "train_accuracy": sums["correct"] / n_train,
+        "supervised_loss": ce_sum / count,
+        "jr_term": jr_sum / count if config.jr > 0 else float("nan"),
+        "train_accuracy": correct / count,
         "test_accuracy": clean_accuracy(model, data["test_x"], data["test_y"]),
         "test_jacobian_norm": mean_jacobian_norm(model, norm_x) if len(norm_x) else float("nan"),
         "lr": lr,
