@@ -44,7 +44,7 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--model", default=DEFAULTS.model, help="Architecture: lenet, lenet5, mlp, resnet18.")
-@click.option("--dataset", default=DEFAULTS.dataset, help="mnist or cifar10.")
+@click.option("--dataset", default=DEFAULTS.dataset, help="mnist, cifar10 or imagenet.")
 @click.option("--jr", type=float, default=DEFAULTS.jr, help="Jacobian regularization strength lambda_JR (0 = off).")
 @click.option("--nproj", type=int, default=DEFAULTS.nproj, help="Random projections per example for the JR estimate.")
 @click.option("--exact", is_flag=True, default=DEFAULTS.exact, help="Compute the JR penalty exactly (one pass per class).")
@@ -65,6 +65,10 @@ def cli() -> None:
               help="Test images used for the per-epoch exact ||J||_F.")
 @click.option("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N (torchrun: auto or cuda).")
 @click.option("--data-root", default=None, help="Dataset directory (CIFAR-10; MNIST download fallback).")
+@click.option("--compile", is_flag=True, default=DEFAULTS.compile,
+              help="torch.compile the model (GPU, small batches; not with --jr: no double backward).")
+@click.option("--tf32/--no-tf32", default=DEFAULTS.tf32, show_default=True,
+              help="TF32 matmuls and convolutions on CUDA (--no-tf32: full fp32).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--force", is_flag=True, help="Overwrite the run in --out.")
@@ -127,8 +131,11 @@ def show(runs: tuple[str, ...]) -> None:
 @click.option("--seed", type=int, default=EVAL_DEFAULTS.seed, help="Seeds random starts and noise.")
 @click.option("--arch", default=None, help="Evaluate a robench or torchvision architecture with --weights.")
 @click.option("--weights", type=click.Path(), default=None, help="Weights file for --arch (.safetensors or .pth).")
-@click.option("--dataset", default="mnist", help="Dataset of an --arch model.")
-@click.option("--data-root", default=None, help="Dataset directory (CIFAR-10).")
+@click.option("--dataset", default="mnist", help="Dataset of an --arch model: mnist, cifar10 or imagenet.")
+@click.option("--data-root", default=None,
+              help="Dataset directory (CIFAR-10: holds cifar-10-batches-py; imagenet: holds val/<class>/...).")
+@click.option("--tf32/--no-tf32", default=EVAL_DEFAULTS.tf32, show_default=True,
+              help="TF32 matmuls and convolutions on CUDA (--no-tf32: full fp32).")
 @click.option("--out", type=click.Path(), default=None, help="Results CSV (default results/<dataset>.csv).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, weights: str | None,

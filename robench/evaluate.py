@@ -10,6 +10,7 @@ the rows a single process would write.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,12 @@ from .attacks import (
     resolve_attacks,
 )
 from .data import load_dataset, to_unit_float
+from .devices import configure_tf32
 from .errors import RobenchError
 from .metrics import clean_accuracy, mean_jacobian_norm
 from .progress import make_progress
 from .results import JACOBIAN_ATTACK, append_rows, check_writable, done_keys, median_or_inf, read_results, row_key
-from .sources import ModelSource, from_run, from_weights
+from .sources import ModelSource, check_classes, from_run, from_weights
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class EvalConfig:
         batch_size: images per attack call.
         device: auto, cpu, cuda or cuda:N.
         seed: seeds random starts and noise draws.
-        data_root: dataset directory (CIFAR-10).
+        data_root: dataset directory (CIFAR-10, or an ImageNet-style root holding val/).
+        tf32: allow TF32 matmuls and convolutions on CUDA (robench's default; off for full fp32).
     """
 
     attacks: str = "all"
@@ -56,6 +59,7 @@ class EvalConfig:
     device: str = "auto"
     seed: int = 0
     data_root: str | None = None
+    tf32: bool = True
 
     def validate(self) -> "EvalConfig":
         if self.n is not None and self.n < 1:
@@ -113,6 +117,7 @@ def evaluate(
         show_progress: draw a progress bar (rank 0 only).
     """
     config.validate()
+    configure_tf32(config.tf32)
     with distributed.session(config.device) as world:
         specs, plans = world.agree(lambda: _plan(sources, config, out, world))
         frames = []
@@ -129,6 +134,7 @@ def _plan(sources, config: EvalConfig, out, world: distributed.World):
     plans = []
     for source in sources() if callable(sources) else sources:
         path = Path(out or default_out(source.dataset))
+        check_classes(source, root=config.data_root)
         if world.is_main:
             check_writable(path)
         grids = {spec.name: _grid(spec, config, source.dataset) for spec in specs}
@@ -173,7 +179,11 @@ def _evaluate_model(source, specs, grids, config, path, world, progress) -> pd.D
 
 def _load_test_set(source, config: EvalConfig, world: distributed.World):
     """The first N test images on this rank's device, and this rank's [start, stop) share of them."""
-    images, labels = load_dataset(source.dataset, "test", root=config.data_root, subset=config.n)
+    # Folder datasets decode in DataLoader workers (shared among the ranks of a machine) into pinned
+    # memory; the uint8 tensor crosses to the GPU before conversion (4x fewer bytes).
+    images, labels = load_dataset(source.dataset, "test", root=config.data_root, subset=config.n,
+                                  pin_memory=world.device.type == "cuda",
+                                  num_workers=max(1, min(8, (os.cpu_count() or 1) // world.size)))  # fmt: skip
     n, batches = len(labels), -(-len(labels) // config.batch_size)
     if batches < world.size:
         raise RobenchError(
@@ -182,7 +192,7 @@ def _load_test_set(source, config: EvalConfig, world: distributed.World):
             f"{batches} process(es) or a smaller --batch-size"
         )
     shard = distributed.batch_shard(n, config.batch_size, world.rank, world.size)
-    return to_unit_float(images).to(world.device), labels.to(world.device), shard
+    return to_unit_float(images.to(world.device, non_blocking=True)), labels.to(world.device), shard
 
 
 def _todo(path, jac, spec_bases, grids) -> tuple[bool, dict[str, list[float]]]:

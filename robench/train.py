@@ -24,14 +24,18 @@ from torch import nn
 
 from . import __version__, checkpoint, distributed
 from .data import dataset_info, load_dataset, to_unit_float
+from .devices import configure_tf32
 from .errors import RobenchError
 from .metrics import clean_accuracy, mean_jacobian_norm
 from .fileio import ensure_writable_dir, write_atomic
+from .jacobian import logits_and_frobenius_sq
 from .models import build_model, xavier_init_
 from .progress import make_progress
 
 ADV_TRAIN_METHODS = ("fgsm",)
 SCHEDULES = ("quench", "constant")
+# Settings that change where and how fast a run computes, not what it learns: a resumed run may differ in them.
+RUNTIME_OPTIONS = ("device", "data_root", "compile", "tf32")
 LOG_COLUMNS = [
     "epoch", "supervised_loss", "jr_term", "train_accuracy", "test_accuracy",
     "test_jacobian_norm", "lr", "seconds",
@@ -46,6 +50,8 @@ class TrainConfig:
     and 2/3 of training, Xavier init) except the number of epochs (the paper's 250 is for GPUs).
     `l2` is SGD weight decay: it adds l2 * w to the gradient, i.e. (l2 / 2) * ||w||^2 to the loss.
     `adv_train="fgsm"` trains on 0.5 * CE(clean) + 0.5 * CE(FGSM at adv_eps) (Goodfellow et al.).
+    `compile` (torch.compile, for launch-bound small batches on a GPU) and `tf32` (TF32 on CUDA) change
+    speed, not the recipe, so a run may be resumed with other values of them.
     """
 
     model: str = "lenet"
@@ -68,6 +74,8 @@ class TrainConfig:
     norm_samples: int = 1000
     device: str = "auto"
     data_root: str | None = None
+    compile: bool = False
+    tf32: bool = True
 
     def validate(self) -> "TrainConfig":
         """Raise RobenchError on values no run could use; return self for chaining."""
@@ -85,6 +93,8 @@ class TrainConfig:
             (self.adv_eps >= 0, f"--adv-eps must be >= 0, got {self.adv_eps}"),
             (self.adv_train is None or self.adv_eps > 0, "--adv-train needs --adv-eps > 0"),
             (self.norm_samples >= 0, f"--norm-samples must be >= 0, got {self.norm_samples}"),
+            (not (self.compile and self.jr > 0), "--compile cannot be combined with --jr: torch.compile does not "
+             "support the double backward the Jacobian penalty needs (aot_autograd); drop --compile"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -175,7 +185,10 @@ def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resu
     meta["world_size"] = world.size
     meta["test_examples"] = len(data["test_y"])
     meta["norm_examples"] = min(config.norm_samples, len(data["test_y"]))
+    configure_tf32(config.tf32)
     net = world.wrap(model)
+    if config.compile:  # compiled on the first step; the eager `model` still evaluates and is saved
+        net = torch.compile(net)
     with make_progress(disable=not (show_progress and world.is_main)) as progress:
         task = progress.add_task(
             f"train {config.model} [{config.defense}]", total=config.epochs, completed=start_epoch,
@@ -205,7 +218,7 @@ def _prepare_run_dir(config: TrainConfig, out_dir: Path, *, resume: bool, force:
     meta = checkpoint.read_meta(out_dir)
     saved = meta["config"]
     mine = dataclasses.asdict(config)
-    changed = [k for k in mine if k not in ("device", "data_root") and saved.get(k) != mine[k]]
+    changed = [k for k in mine if k not in RUNTIME_OPTIONS and saved.get(k) != mine[k]]
     if changed:
         raise RobenchError(f"--resume with different settings ({', '.join(changed)}) than {out_dir}; use --force to start over")
     weights, epoch = checkpoint.read_weights(out_dir)
@@ -240,7 +253,6 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
     projections are seeded per (seed, epoch, rank); rank 0 draws what a single process draws.
     Losses are summed on the device: no host sync per step, except for the progress bar's status.
     """
-    from .jacobian import JacobianReg
 
     device = data["train_x"].device
     started = time.perf_counter()
@@ -250,7 +262,8 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
     rank_seed = config.seed * 100_003 + epoch + world.rank * 1_000_000_007
     proj_gen = torch.Generator(device=device).manual_seed(rank_seed)
     torch.manual_seed(rank_seed)  # dropout masks
-    reg = JacobianReg(n_proj=None if config.exact else config.nproj)
+    # torch.func's batched path would bypass DDP's gradient hooks: under torchrun, plain autograd.
+    jr_method = "auto" if world.size == 1 else "autograd"
     net.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum of CE, sum of JR term, correct
     count = 0
@@ -261,7 +274,7 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
         idx = batch.tensor_split(world.size)[world.rank]
         # DDP averages gradients over ranks; weighting by the chunk's share makes that the batch mean.
         weight = len(idx) * world.size / len(batch)
-        ce, jr_term = _train_step(config, net, optimizer, reg, proj_gen, data, idx, lr, weight, sums)
+        ce, jr_term = _train_step(config, net, optimizer, jr_method, proj_gen, data, idx, lr, weight, sums)
         count += len(idx)
         if i % 20 == 0 and not progress.disable:
             progress.update(task, status=f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} ce {ce.item():.3f}"
@@ -270,20 +283,23 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
     return totals.tolist(), lr, started
 
 
-def _train_step(config, net, optimizer, reg, proj_gen, data, idx, lr, weight, sums):
+def _train_step(config, net, optimizer, jr_method, proj_gen, data, idx, lr, weight, sums):
     """One SGD step on the examples `idx`; adds their CE, JR term and correct count to `sums`."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     x, y = to_unit_float(data["train_x"][idx]), data["train_y"][idx]
     # FGSM examples come from the bare module: no gradient sync is wanted for them.
     x_adv = fgsm_examples(getattr(net, "module", net), x, y, config.adv_eps) if config.adv_train else None
-    x.requires_grad_(config.jr > 0)
-    logits = net(x)
+    jr_term = None
+    if config.jr > 0:  # logits and the Jacobian of that very forward (same dropout mask)
+        n_proj = None if config.exact else config.nproj
+        logits, sq_norms = logits_and_frobenius_sq(net, x, n_proj=n_proj, generator=proj_gen, method=jr_method)
+        jr_term = 0.5 * sq_norms.mean()
+    else:
+        logits = net(x)
     ce = F.cross_entropy(logits, y)
     loss = ce if x_adv is None else 0.5 * ce + 0.5 * F.cross_entropy(net(x_adv), y)
-    jr_term = None
-    if config.jr > 0:
-        jr_term = reg(x, logits, generator=proj_gen)
+    if jr_term is not None:
         loss = loss + config.jr * jr_term
     if weight != 1.0:
         loss = loss * weight

@@ -214,3 +214,43 @@ def test_check_classes_on_fixed_datasets():
     with pytest.raises(RobenchError, match="model m has 7 outputs but mnist has 10 classes"):
         check_classes(source)
     assert source.model.training  # the probe left the mode as it was
+
+
+# -------------------------------------------------------------------------- robench eval on a folder
+
+
+def _eval(args):
+    from click.testing import CliRunner
+
+    from robench.cli import cli
+
+    return CliRunner().invoke(cli, ["eval", "--dataset", "imagenet", "--device", "cpu", "--quiet", *args])
+
+
+def test_eval_cli_refuses_mismatched_classes_in_one_line(imagenet, tmp_path):
+    root, _ = imagenet
+    weights = tmp_path / "resnet18.safetensors"
+    _save_resnet18(weights, 1000)
+    out = tmp_path / "r.csv"
+    result = _eval(["--arch", "resnet18", "--weights", str(weights), "--data-root", str(root), "--attack", "fgsm",
+                    "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: model resnet18:{weights} has 1000 outputs but {root / 'val'} has 3 classes"
+    assert not out.exists()
+
+
+def test_eval_cli_attacks_a_torchvision_model_on_a_folder(imagenet, tmp_path):
+    import pandas as pd
+
+    root, _ = imagenet
+    weights = tmp_path / "resnet18-3.safetensors"
+    _save_resnet18(weights, 3)
+    out = tmp_path / "r.csv"
+    result = _eval(["--arch", "resnet18", "--weights", str(weights), "--data-root", str(root), "--attack", "fgsm",
+                    "--n", "4", "--batch-size", "2", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    fgsm = rows[rows["attack"] == "fgsm"]
+    assert sorted(fgsm["epsilon"]) == pytest.approx([0, 1 / 255, 2 / 255, 4 / 255, 8 / 255])  # imagenet grid
+    assert (rows["n"] == 4).all() and (rows["dataset"] == "imagenet").all()
+    assert fgsm["accuracy"].is_monotonic_decreasing

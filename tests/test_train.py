@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -183,3 +184,47 @@ def test_show_prints_runs_side_by_side(trained_run):
     result = run_cli("show", str(trained_run))
     assert result.exit_code == 0
     assert "mlp" in result.output and "none" in result.output
+
+
+def test_compile_with_jr_is_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from robench.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--model", "mlp", "--jr", "0.01", "--compile", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "--compile cannot be combined with --jr" in result.output and not (tmp_path / "r").exists()
+
+
+def test_runtime_options_do_not_block_resume(tmp_path):
+    """--no-tf32 / --compile / --device change speed, not the recipe: a run resumes across them."""
+    base = TrainConfig(model="mlp", epochs=2, train_subset=200, test_subset=50, norm_samples=10, device="cpu")
+    train(dataclasses.replace(base, epochs=2), tmp_path, show_progress=False)
+    meta = train(dataclasses.replace(base, tf32=False), tmp_path, resume=True, show_progress=False)
+    assert meta["epochs_done"] == 2
+    with pytest.raises(RobenchError, match="different settings"):
+        train(dataclasses.replace(base, lr=0.5), tmp_path, resume=True, show_progress=False)
+
+
+def test_tf32_flag_sets_the_cuda_backends():
+    import torch
+
+    from robench.devices import configure_tf32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        configure_tf32(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        configure_tf32(False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """--compile (torch.compile of the model) trains to the same test accuracy as eager, within noise."""
+    base = TrainConfig(model="mlp", epochs=1, train_subset=1000, test_subset=500, norm_samples=10, device="cpu")
+    eager = train(base, tmp_path / "eager", show_progress=False)
+    compiled = train(dataclasses.replace(base, compile=True), tmp_path / "compiled", show_progress=False)
+    assert abs(eager["metrics"]["test_accuracy"] - compiled["metrics"]["test_accuracy"]) < 0.02
