@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench_eval import device_label, sync, write_section  # noqa: E402
+from common import device_label, sync, write_section  # noqa: E402
 from robench.data import DATASETS, load_dataset  # noqa: E402
 from robench.devices import resolve_device  # noqa: E402
 from robench.models import build_model, xavier_init_  # noqa: E402

@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,9 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import device_label, sync, write_section  # noqa: E402
 from robench.attacks import (  # noqa: E402
     accuracy_from_distances,
     fixed_eps_accuracy,
@@ -63,18 +65,6 @@ def foolbox_default(fmodel, x, y, eps: float) -> torch.Tensor:
     attack = fb.attacks.LinfPGD(steps=STEPS, rel_stepsize=2.5 / STEPS, random_start=True)
     _, _, success = attack(fmodel, x, y, epsilons=eps)
     return ~success
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def device_label(device: torch.device) -> str:
-    """The device as a benchmark table names it: the GPU's name, or the CPU and its thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def time_it(fn, device) -> float:
@@ -224,20 +214,6 @@ def main(argv=None) -> None:
     print("\n".join(lines))
     if args.write:
         write_section("bench_eval", "\n".join(lines))
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace the text between <!-- name:start --> and <!-- name:end --> in docs/PERFORMANCE.md."""
-    path = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Performance\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + f"\n\n{start}\n{body}\n{end}\n"
-    path.write_text(text)
-    print(f"updated {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

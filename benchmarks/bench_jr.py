@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from torch.func import functional_call, grad, jvp, vjp, vmap  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import device_label, sync, write_section  # noqa: E402
 from robench.devices import configure_tf32, resolve_device  # noqa: E402
 from robench.jacobian import _auto_method, logits_and_frobenius_sq  # noqa: E402
 from robench.models import build_model, xavier_init_  # noqa: E402
@@ -201,11 +203,6 @@ def build_steps(model, device, specs, *, compile_steps: bool, forward_over_rever
     return steps
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(steps, x, y, device, repeats: int) -> dict[str, float | str]:
     """Median seconds per step after one warm-up round, rounds interleaved; a step that fails
     (e.g. torch.compile and double backward) is reported with its reason instead."""
@@ -232,13 +229,6 @@ def target_for(kind: str, batch: int) -> str:
     if isinstance(target, dict):
         target = target.get(batch)
     return f"<= {target}x" if target else ""
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def main(argv=None) -> None:
@@ -278,7 +268,7 @@ def main(argv=None) -> None:
                 rows.append((batch, label, f"{result * 1e3:,.1f}", ratio, target))
     header = (
         f"LeNet' (lenet, 1x28x28, 10 classes), SGD step, median of {repeats} interleaved rounds after a warm-up, "
-        f"device: {device_name(device)}, torch {torch.__version__}"
+        f"device: {device_label(device)}, torch {torch.__version__}"
         + (f", TF32 {'off' if args.no_tf32 else 'on'}" if device.type == "cuda" else "")
         + f"; every variant's penalty gradient agrees with the reference to {worst:.0e} (float64 check)"
     )
@@ -305,22 +295,6 @@ def markdown(header: str, rows, notes) -> str:
     lines += [f"| {b} | {label} | {ms} | {ratio} | {target} |" for b, label, ms, ratio, target in rows]
     lines += ["", *[f"- skipped: {note}" for note in notes]] if notes else []
     return "\n".join(lines)
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace the text between <!-- name:start --> and <!-- name:end --> in docs/PERFORMANCE.md,
-    or append a section with those markers; other sections are left as they are."""
-    path = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Performance\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
-    else:
-        heading = "## Jacobian regularization step cost: `benchmarks/bench_jr.py`"
-        text = text.rstrip() + f"\n\n{heading}\n\n{start}\n{body}\n{end}\n"
-    path.write_text(text)
-    print(f"updated {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from bench_eval import device_label, write_section  # noqa: E402
+from common import device_label, write_section  # noqa: E402
 from robench.devices import resolve_device  # noqa: E402
 from robench.reproduce import QUICK, TIMINGS_FILE, ReproduceConfig, reproduce_mnist  # noqa: E402
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench_eval import device_label, write_section  # noqa: E402
+from common import device_label, write_section  # noqa: E402
 from bench_jr import LAM, algorithm1_penalty, make_step  # noqa: E402
 from robench.devices import resolve_device  # noqa: E402
 from robench.models import build_model, xavier_init_  # noqa: E402
