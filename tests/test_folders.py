@@ -219,22 +219,26 @@ def test_check_classes_on_fixed_datasets():
 # -------------------------------------------------------------------------- robench eval on a folder
 
 
-def _eval(args):
+def _eval_resnet18(imagenet, tmp_path, num_classes, *args):
+    """`robench eval` of a torchvision resnet18 with `num_classes` outputs on the 3-class folder."""
     from click.testing import CliRunner
 
     from robench.cli import cli
 
-    return CliRunner().invoke(cli, ["eval", "--dataset", "imagenet", "--device", "cpu", "--quiet", *args])
+    root, _ = imagenet
+    weights = tmp_path / f"resnet18-{num_classes}.safetensors"
+    _save_resnet18(weights, num_classes)
+    out = tmp_path / "r.csv"
+    result = CliRunner().invoke(cli, ["eval", "--dataset", "imagenet", "--device", "cpu", "--quiet", "--arch", "resnet18",
+                                      "--weights", str(weights), "--data-root", str(root), "--attack", "fgsm",
+                                      "--out", str(out), *args])  # fmt: skip
+    return result, weights, out
 
 
 def test_eval_cli_refuses_mismatched_classes_in_one_line(imagenet, tmp_path):
-    root, _ = imagenet
-    weights = tmp_path / "resnet18.safetensors"
-    _save_resnet18(weights, 1000)
-    out = tmp_path / "r.csv"
-    result = _eval(["--arch", "resnet18", "--weights", str(weights), "--data-root", str(root), "--attack", "fgsm",
-                    "--out", str(out)])  # fmt: skip
+    result, weights, out = _eval_resnet18(imagenet, tmp_path, 1000)
     assert result.exit_code == 1
+    root, _ = imagenet
     assert result.output.strip() == f"Error: model resnet18:{weights} has 1000 outputs but {root / 'val'} has 3 classes"
     assert not out.exists()
 
@@ -242,12 +246,7 @@ def test_eval_cli_refuses_mismatched_classes_in_one_line(imagenet, tmp_path):
 def test_eval_cli_attacks_a_torchvision_model_on_a_folder(imagenet, tmp_path):
     import pandas as pd
 
-    root, _ = imagenet
-    weights = tmp_path / "resnet18-3.safetensors"
-    _save_resnet18(weights, 3)
-    out = tmp_path / "r.csv"
-    result = _eval(["--arch", "resnet18", "--weights", str(weights), "--data-root", str(root), "--attack", "fgsm",
-                    "--n", "4", "--batch-size", "2", "--out", str(out)])  # fmt: skip
+    result, _, out = _eval_resnet18(imagenet, tmp_path, 3, "--n", "4", "--batch-size", "2")
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out)
     fgsm = rows[rows["attack"] == "fgsm"]
