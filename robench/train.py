@@ -11,8 +11,6 @@ rank 0 alone evaluates after each epoch and writes the run directory.
 
 from __future__ import annotations
 
-import dataclasses
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,24 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, checkpoint, distributed
+from . import checkpoint, distributed, rundir
+from .rundir import LOG_COLUMNS, RUNTIME_OPTIONS  # noqa: F401 - part of this module's public names
 from .data import dataset_info, load_dataset, to_unit_float
 from .devices import configure_tf32
 from .errors import RobenchError
 from .metrics import clean_accuracy, mean_jacobian_norm
-from .fileio import ensure_writable_dir, write_atomic
 from .jacobian import logits_and_frobenius_sq
 from .models import build_model, xavier_init_
 from .progress import make_progress
 
 ADV_TRAIN_METHODS = ("fgsm",)
 SCHEDULES = ("quench", "constant")
-# Settings that change where and how fast a run computes, not what it learns: a resumed run may differ in them.
-RUNTIME_OPTIONS = ("device", "data_root", "compile", "tf32")
-LOG_COLUMNS = [
-    "epoch", "supervised_loss", "jr_term", "train_accuracy", "test_accuracy",
-    "test_jacobian_norm", "lr", "seconds",
-]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -166,7 +158,7 @@ def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resu
     weights even without a shared file system; per-epoch evaluation also runs on rank 0 (the others
     wait for its result, which also tells them if saving failed).
     """
-    start_epoch, state = world.on_main(lambda: _prepare_run_dir(config, out_dir, resume=resume, force=force))
+    start_epoch, state = world.on_main(lambda: rundir.prepare_run_dir(config, out_dir, resume=resume, force=force))
     if start_epoch >= config.epochs:  # a finished run resumed: nothing to load or train
         return state["meta"]
     torch.manual_seed(config.seed)
@@ -181,7 +173,7 @@ def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resu
     model.to(world.device)
     _move_optimizer_state(optimizer, world.device)
     data = world.agree(lambda: _load_data(config, world.device))
-    meta = state["meta"] if state is not None else _new_meta(config, model)
+    meta = state["meta"] if state is not None else rundir.new_meta(config, model)
     meta["world_size"] = world.size
     meta["test_examples"] = len(data["test_y"])
     meta["norm_examples"] = min(config.norm_samples, len(data["test_y"]))
@@ -201,30 +193,6 @@ def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resu
             )
             progress.update(task, advance=1, status=_status(row))
     return meta
-
-
-def _prepare_run_dir(config: TrainConfig, out_dir: Path, *, resume: bool, force: bool):
-    """Create or check `out_dir`; return (first epoch to run, saved state or None)."""
-    exists = (out_dir / checkpoint.META_FILE).exists() or (out_dir / checkpoint.MODEL_FILE).exists()
-    if exists and not (resume or force):
-        raise RobenchError(f"{out_dir} already holds a run; pass --resume to continue it or --force to overwrite it")
-    if exists and force:
-        for name in checkpoint.RUN_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-        exists = False
-    ensure_writable_dir(out_dir, f"cannot write to {out_dir}")
-    if not exists:
-        return 0, None
-    meta = checkpoint.read_meta(out_dir)
-    saved = meta["config"]
-    mine = dataclasses.asdict(config)
-    changed = [k for k in mine if k not in RUNTIME_OPTIONS and saved.get(k) != mine[k]]
-    if changed:
-        raise RobenchError(f"--resume with different settings ({', '.join(changed)}) than {out_dir}; use --force to start over")
-    weights, epoch = checkpoint.read_weights(out_dir)
-    opt = checkpoint.load_optimizer_state(out_dir)
-    optimizer_state = opt["optimizer"] if opt is not None and opt["epoch"] == epoch else None
-    return epoch, {"weights": weights, "optimizer": optimizer_state, "meta": meta}
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -317,7 +285,7 @@ def _train_step(config, net, optimizer, jr_method, proj_gen, data, idx, lr, weig
 def _finish_epoch(out_dir, config, model, optimizer, data, meta, epoch, sums, lr, started):
     """Rank 0 after an epoch: evaluate, write the checkpoint; returns (meta, log row)."""
     row = _epoch_row(config, model, data, epoch, sums, lr, started)
-    _save_epoch(out_dir, config, model, optimizer, meta, row)
+    rundir.save_epoch(out_dir, config, model, optimizer, meta, row)
     return meta, row
 
 
@@ -336,40 +304,6 @@ def _epoch_row(config, model, data, epoch, sums, lr, started) -> dict[str, Any]:
         "lr": lr,
         "seconds": time.perf_counter() - started,
     }
-
-
-def _save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
-    """Optimizer, weights, log, then meta.json last: meta never claims an epoch not on disk."""
-    import pandas as pd
-
-    epoch = row["epoch"]
-    checkpoint.save_optimizer(out_dir, optimizer, epoch)
-    checkpoint.save_weights(out_dir, model, epoch)
-    log_path = out_dir / checkpoint.LOG_FILE
-    log = pd.read_csv(log_path) if log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
-    log = pd.concat([log[log["epoch"] < epoch], pd.DataFrame([row])], ignore_index=True)
-    write_atomic(log_path, lambda p: log.to_csv(p, index=False))
-    meta["epochs_done"] = epoch
-    meta["finished"] = epoch == config.epochs
-    meta["train_seconds"] = float(log["seconds"].sum())
-    meta["metrics"] = {k: row[k] for k in ("test_accuracy", "test_jacobian_norm", "train_accuracy", "supervised_loss")}
-    meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    checkpoint.save_meta(out_dir, meta)
-
-
-def _new_meta(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
-    import torchvision
-
-    return {
-        "robench_version": __version__,
-        "config": dataclasses.asdict(config),
-        "defense": config.defense,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "epochs_done": 0,
-        "finished": False,
-    }  # fmt: skip
 
 
 def _status(row: dict[str, Any]) -> str:

@@ -1,0 +1,84 @@
+"""A training run's directory: checked or cleared before training, one checkpoint per epoch after.
+
+Layout (see checkpoint.py for each file): model.safetensors, optimizer.pt, log.csv, meta.json. Every
+file is written atomically and meta.json last, so meta never claims an epoch that is not on disk
+and a killed run resumes after its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__, checkpoint
+from .errors import RobenchError
+from .fileio import ensure_writable_dir, write_atomic
+
+LOG_COLUMNS = [
+    "epoch", "supervised_loss", "jr_term", "train_accuracy", "test_accuracy",
+    "test_jacobian_norm", "lr", "seconds",
+]  # fmt: skip
+# Settings that change where and how fast a run computes, not what it learns: a resumed run may differ in them.
+RUNTIME_OPTIONS = ("device", "data_root", "compile", "tf32")
+
+
+def prepare_run_dir(config, out_dir: Path, *, resume: bool, force: bool):
+    """Create or check `out_dir`; return (first epoch to run, saved state or None)."""
+    exists = (out_dir / checkpoint.META_FILE).exists() or (out_dir / checkpoint.MODEL_FILE).exists()
+    if exists and not (resume or force):
+        raise RobenchError(f"{out_dir} already holds a run; pass --resume to continue it or --force to overwrite it")
+    if exists and force:
+        for name in checkpoint.RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        exists = False
+    ensure_writable_dir(out_dir, f"cannot write to {out_dir}")
+    if not exists:
+        return 0, None
+    meta = checkpoint.read_meta(out_dir)
+    saved = meta["config"]
+    mine = dataclasses.asdict(config)
+    changed = [k for k in mine if k not in RUNTIME_OPTIONS and saved.get(k) != mine[k]]
+    if changed:
+        raise RobenchError(f"--resume with different settings ({', '.join(changed)}) than {out_dir}; use --force to start over")
+    weights, epoch = checkpoint.read_weights(out_dir)
+    opt = checkpoint.load_optimizer_state(out_dir)
+    optimizer_state = opt["optimizer"] if opt is not None and opt["epoch"] == epoch else None
+    return epoch, {"weights": weights, "optimizer": optimizer_state, "meta": meta}
+
+def save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
+    """Optimizer, weights, log, then meta.json last: meta never claims an epoch not on disk."""
+    import pandas as pd
+
+    epoch = row["epoch"]
+    checkpoint.save_optimizer(out_dir, optimizer, epoch)
+    checkpoint.save_weights(out_dir, model, epoch)
+    log_path = out_dir / checkpoint.LOG_FILE
+    log = pd.read_csv(log_path) if log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
+    log = pd.concat([log[log["epoch"] < epoch], pd.DataFrame([row])], ignore_index=True)
+    write_atomic(log_path, lambda p: log.to_csv(p, index=False))
+    meta["epochs_done"] = epoch
+    meta["finished"] = epoch == config.epochs
+    meta["train_seconds"] = float(log["seconds"].sum())
+    meta["metrics"] = {k: row[k] for k in ("test_accuracy", "test_jacobian_norm", "train_accuracy", "supervised_loss")}
+    meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    checkpoint.save_meta(out_dir, meta)
+
+def new_meta(config, model: nn.Module) -> dict[str, Any]:
+    import torchvision
+
+    return {
+        "robench_version": __version__,
+        "config": dataclasses.asdict(config),
+        "defense": config.defense,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "epochs_done": 0,
+        "finished": False,
+    }  # fmt: skip
