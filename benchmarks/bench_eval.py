@@ -177,12 +177,13 @@ def trained_lenet(run: str | None, device) -> torch.nn.Module:
     from robench.sources import from_run
     from robench.train import TrainConfig, train
 
-    if run is None:
-        run = tempfile.mkdtemp(prefix="bench-eval-")
+    if run is not None:
+        return from_run(run).model.to(device).eval()
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         config = TrainConfig(model="lenet", epochs=1, train_subset=10_000, test_subset=1000, norm_samples=0,
                              lr=0.05, device=str(device))  # fmt: skip
-        train(config, run, show_progress=False)
-    return from_run(run).model.to(device).eval()
+        train(config, tmp, show_progress=False)
+        return from_run(tmp).model.to(device).eval()
 
 
 def main(argv=None) -> None:
