@@ -31,7 +31,14 @@ except ModuleNotFoundError:  # Python < 3.11
 SPEC_PACKAGE = "robench.attack_specs"
 NORMS = {2.0: "l2", math.inf: "linf"}  # Foolbox LpDistance.p -> our name
 REQUIRED_KEYS = ("name", "description", "foolbox_class", "params", "norm", "eps")
-OPTIONAL_KEYS = ("repeats",)
+OPTIONAL_KEYS = ("repeats", "role", "stronger_than")
+ROLES = ("adversarial", "baseline")  # baseline: not an adversary (noise); excluded from the worst case
+# Attacks whose outcome couples the examples of one call (CW's abort_early looks at the batch's summed
+# loss) or that draw randomness robench cannot give per example run on these fixed chunks of the
+# image index, each seeded from (seed, chunk start): their results then never depend on --batch-size.
+CHUNK = 100
+PROTOCOL = 2  # bump when an attack's numbers change meaning; part of every result row's identity
+TOLERANCE = 1e-6  # slack of the re-check of every adversarial example (norm, box)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,11 @@ class AttackSpec:
         kind: "fixed" or "minimization", derived from the Foolbox class.
         repeats: independent random draws whose accuracies are averaged (noise).
         eps: default ε grid per dataset name.
+        role: "adversarial" (the default) or "baseline" (noise: a yardstick, never part of the worst case).
+        stronger_than: attacks this one must never be weaker than at equal ε (a honesty check).
+        per_example: derived from the class: every example's outcome depends on that example alone
+            (and on its own random draws), so the attack may run in batches of any size.
+        iterative: derived: more than one gradient step (so it can reach any point of the ε ball).
     """
 
     name: str
@@ -57,6 +69,10 @@ class AttackSpec:
     kind: str
     repeats: int
     eps: dict[str, tuple[float, ...]]
+    role: str = "adversarial"
+    stronger_than: tuple[str, ...] = ()
+    per_example: bool = False
+    iterative: bool = False
 
     @property
     def params_json(self) -> str:
@@ -143,11 +159,72 @@ def _parse_spec(data: dict, *, stem: str, where: str) -> AttackSpec:
     kind = _check_foolbox(data["foolbox_class"], data["params"], data["norm"], where)
     if kind == "minimization" and repeats != 1:
         raise RobenchError(f"{where}: repeats applies to fixed-eps attacks only")
+    role, stronger = _parse_relations(data, where)
     return AttackSpec(
         name=stem, description=" ".join(str(data["description"]).split()),
         foolbox_class=data["foolbox_class"], params=dict(data["params"]), norm=data["norm"],
-        kind=kind, repeats=repeats, eps=eps,
+        kind=kind, repeats=repeats, eps=eps, role=role, stronger_than=stronger,
+        per_example=_per_example_class(data["foolbox_class"]), iterative=_is_iterative(data),
     )  # fmt: skip
+
+
+def _parse_relations(data: dict, where: str) -> tuple[str, tuple[str, ...]]:
+    """The spec's role and stronger-than list, checked (shared by load_specs and relations)."""
+    role = data.get("role", "adversarial")
+    if role not in ROLES:
+        raise RobenchError(f"{where}: role must be one of {', '.join(ROLES)}, got {role!r}")
+    stronger = data.get("stronger_than", [])
+    if not isinstance(stronger, list) or not all(isinstance(s, str) and s for s in stronger):
+        raise RobenchError(f"{where}: stronger_than must be a list of attack names")
+    return role, tuple(stronger)
+
+
+def _is_iterative(data: dict) -> bool:
+    """More than one step (PGD, CW), so the attack can walk to any point of the ε ball."""
+    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    steps = params.get("steps", 1)
+    return isinstance(steps, int) and not isinstance(steps, bool) and steps > 1
+
+
+def _per_example_class(class_name: str) -> bool:
+    """Gradient-descent (FGSM, PGD) and additive-noise attacks treat each example on its own; robench
+    gives them per-example random draws (`per_example_randomness`). Everything else runs in CHUNKs."""
+    from foolbox.attacks.additive_noise import BaseAdditiveNoiseAttack
+    from foolbox.attacks.gradient_descent_base import L2BaseGradientDescent, LinfBaseGradientDescent
+
+    cls = _foolbox_class(class_name)
+    return cls is not None and issubclass(cls, (LinfBaseGradientDescent, L2BaseGradientDescent,
+                                                BaseAdditiveNoiseAttack))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Relation:
+    """What the honesty checks and the worst case need to know of an attack, without Foolbox."""
+
+    role: str = "adversarial"
+    stronger_than: tuple[str, ...] = ()
+    iterative: bool = False
+
+
+def relations(directory: str | Path | None = None) -> dict[str, Relation]:
+    """{attack name: Relation} read from the spec files with tomllib alone (cheap: no Foolbox import).
+
+    Attacks not (or no longer) in the directory are adversarial with no relations: callers use
+    `.get(name, Relation())`.
+    """
+    try:
+        root = _spec_dir(directory)
+    except RobenchError:
+        return {}
+    out = {}
+    for file in (f for f in root.iterdir() if f.name.endswith(".toml")):
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+            role, stronger = _parse_relations(data, f"attack spec {file.name}")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RobenchError):
+            continue  # load_specs reports broken specs; the checks just know nothing of them
+        out[file.name[: -len(".toml")]] = Relation(role, stronger, _is_iterative(data))
+    return out
 
 
 def _parse_grid(grid: Any, where: str) -> tuple[float, ...]:
@@ -290,21 +367,119 @@ def _clean_correct(fmodel: Any, images: torch.Tensor, labels: torch.Tensor) -> t
         return fmodel(images).argmax(1) == labels
 
 
+def example_generators(seed: int, indices: torch.Tensor | None, count: int, stream: int) -> list:
+    """One numpy Generator per example, from (seed, example index, stream): draws that do not depend on
+    which other examples share the batch, so --batch-size and sharding never change a number."""
+    import numpy as np
+
+    idx = range(count) if indices is None else indices.tolist()
+    return [np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32, int(i), stream]) for i in idx]
+
+
+class _ExampleRandom:
+    """Per-example replacements for the random draws of Foolbox's PGD starts and additive noise.
+
+    Foolbox draws them from torch's global RNG for the whole batch at once (through eagerpy); these
+    draw the same distributions (uniform in the L∞ ball; uniform in the L2 ball by Voelker et al.'s
+    method, as Foolbox does; a standard normal for noise) from each example's own generator. Every call
+    starts a new stream, so the repeats of noise are independent and every ε reuses the first draws.
+    """
+
+    def __init__(self, seed: int, indices: torch.Tensor | None, count: int):
+        self.seed, self.indices, self.count, self.calls = seed, indices, count, 0
+
+    def _draw(self, x: Any, per_example: int, normal: bool) -> torch.Tensor:
+        import numpy as np
+
+        gens = example_generators(self.seed, self.indices, self.count, self.calls)
+        self.calls += 1
+        draw = (lambda g: g.standard_normal(per_example)) if normal else (lambda g: g.random(per_example))
+        values = np.stack([draw(g) for g in gens]) if gens else np.zeros((0, per_example))
+        raw = x.raw if hasattr(x, "raw") else x
+        return torch.from_numpy(values).to(device=raw.device, dtype=raw.dtype)
+
+    def install(self, attack: Any) -> None:
+        """Bind the per-example draws to this attack instance (class untouched)."""
+        import eagerpy as ep
+        from foolbox.attacks.additive_noise import BaseAdditiveNoiseAttack
+        from foolbox.attacks.gradient_descent_base import L2BaseGradientDescent, LinfBaseGradientDescent
+
+        def numel(x):
+            return int(x.raw[0].numel()) if len(x.raw) else 1
+
+        if isinstance(attack, LinfBaseGradientDescent):
+            def linf_start(x0, epsilon):
+                u = self._draw(x0, numel(x0), normal=False).reshape(x0.shape)
+                return x0 + ep.astensor(u * 2 - 1) * epsilon
+
+            attack.get_random_start = linf_start
+        elif isinstance(attack, L2BaseGradientDescent):
+            def l2_start(x0, epsilon):
+                n = numel(x0)
+                g = self._draw(x0, n + 2, normal=True)  # uniform on the (n+1)-sphere, keep n coordinates
+                ball = (g / g.norm(dim=1, keepdim=True).clamp_min(1e-12))[:, :n].reshape(x0.shape)
+                return x0 + ep.astensor(ball) * epsilon
+
+            attack.get_random_start = l2_start
+        elif isinstance(attack, BaseAdditiveNoiseAttack):
+            attack.sample_noise = lambda x: ep.astensor(self._draw(x, numel(x), normal=True).reshape(x.shape))
+
+
+@contextlib.contextmanager
+def _seeded(spec: AttackSpec, attack: Any, seed: int, indices: torch.Tensor | None, count: int):
+    """Per-example draws where the class allows; else torch's global RNG, forked and seeded from
+    (seed, first index), so the caller's RNG is untouched (the caller runs such attacks per CHUNK)."""
+    if spec.per_example:
+        _ExampleRandom(seed, indices, count).install(attack)
+        yield
+        return
+    first = int(indices[0]) if indices is not None and len(indices) else 0
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((int(seed) * 1_000_003 + first) % (2**63))
+        yield
+
+
+def verify_adversarials(
+    model_fn: Any, images: torch.Tensor, advs: torch.Tensor, labels: torch.Tensor, eps: float | None, norm: str,
+    *, tolerance: float = TOLERANCE,
+) -> torch.Tensor:  # fmt: skip
+    """Which returned images are real adversarials: within ε in `norm` (+ tolerance; eps None: any
+    size), every pixel in [0, 1] (± tolerance), and misclassified by a fresh forward pass.
+
+    An attack library's success flag is a claim; this is the check. Returns a bool tensor (N,).
+    """
+    if len(labels) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=labels.device)
+    delta = (advs.double() - images.double()).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    finite = torch.isfinite(advs.flatten(1)).all(1)
+    in_box = (advs.flatten(1).double() >= -tolerance).all(1) & (advs.flatten(1).double() <= 1 + tolerance).all(1)
+    in_ball = torch.ones_like(in_box) if eps is None else size <= eps + tolerance
+    with torch.no_grad():
+        fooled = model_fn(advs.clamp(0, 1)).argmax(1) != labels
+    return finite & in_box & in_ball & fooled
+
+
 def fixed_eps_accuracy(
-    spec: AttackSpec, fmodel: Any, images: torch.Tensor, labels: torch.Tensor, eps: float, *, seed: int
-) -> torch.Tensor:
+    spec: AttackSpec, fmodel: Any, images: torch.Tensor, labels: torch.Tensor, eps: float, *, seed: int,
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Per-example accuracy under a fixed-ε attack at one ε: float (N,) on CPU, 1.0 robust, 0.0 broken.
 
     With repeats > 1 it is the mean over independent draws (expected accuracy under noise, not the
     worst case). Examples misclassified on clean input are always 0.0 (Foolbox's convention, enforced
     here because noise can repair a misclassified digit), and ε = 0 is exactly clean correctness.
+    Foolbox's success flag is not used: every returned image is re-checked (`verify_adversarials`).
 
     Args:
         spec: a spec of kind "fixed".
         fmodel: from `foolbox_model`.
         images: float images in [0, 1] on fmodel.device; labels: int64 on the same device.
         eps: the perturbation size, in the spec's norm.
-        seed: seeds torch's global RNG, where Foolbox (through eagerpy) draws random starts and noise.
+        seed: with `indices`, seeds each example's random start and noise (see `example_generators`).
+        indices: the examples' indices in the test set (default 0..N-1); outcomes depend on
+            (seed, index) only, never on which examples share the call.
     """
     if spec.kind != "fixed":
         raise RobenchError(f"attack {spec.name!r} is a {spec.kind} attack, not a fixed-eps one")
@@ -314,40 +489,42 @@ def fixed_eps_accuracy(
     if eps == 0 or len(labels) == 0:
         return correct.float().cpu()
     attack = spec.build()
-    torch.manual_seed(seed)
     robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
-    with frozen_parameters(_torch_module(fmodel)), torch.enable_grad():
+    with _seeded(spec, attack, seed, indices, len(labels)), frozen_parameters(_torch_module(fmodel)), \
+            torch.enable_grad():  # fmt: skip
         for _ in range(spec.repeats):
-            _, _, success = attack(fmodel, images, labels, epsilons=float(eps))
-            robust += (correct & ~success).float()
+            _, clipped, _ = attack(fmodel, images, labels, epsilons=float(eps))
+            broken = verify_adversarials(fmodel, images, clipped.detach(), labels, float(eps), spec.norm)
+            robust += (correct & ~broken).float()
     return (robust / spec.repeats).cpu()
 
 
 def minimal_distances(
-    spec: AttackSpec, fmodel: Any, images: torch.Tensor, labels: torch.Tensor, *, seed: int
-) -> torch.Tensor:
+    spec: AttackSpec, fmodel: Any, images: torch.Tensor, labels: torch.Tensor, *, seed: int,
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Per-example smallest adversarial perturbation a minimization attack finds, in the spec's norm.
 
     Returns float64 (N,) on CPU: 0.0 where the clean prediction is already wrong, +inf where the
-    attack found nothing. Adversarial-ness is decided here, by running the model on the returned
-    image: where Foolbox 3.3.4's CW finds nothing it returns an all-zero image, which the model may
-    well misclassify, so Foolbox's own success flag would report a fake adversarial at ||x||.
+    attack found nothing. Adversarial-ness is decided here (`verify_adversarials`): where Foolbox
+    3.3.4's CW finds nothing it returns an all-zero image, which the model may well misclassify, so
+    Foolbox's own success flag would report a fake adversarial at ||x||.
 
     Args:
         spec: a spec of kind "minimization".
-        fmodel, images, labels, seed: as for `fixed_eps_accuracy`.
+        fmodel, images, labels, seed, indices: as for `fixed_eps_accuracy`.
     """
     if spec.kind != "minimization":
         raise RobenchError(f"attack {spec.name!r} is a {spec.kind} attack, not a minimization one")
     correct = _clean_correct(fmodel, images, labels)
     if len(labels) == 0:
         return torch.zeros(0, dtype=torch.float64)
-    torch.manual_seed(seed)
-    with frozen_parameters(_torch_module(fmodel)), torch.enable_grad():
-        advs, _, _ = spec.build()(fmodel, images, labels, epsilons=None)
+    attack = spec.build()
+    with _seeded(spec, attack, seed, indices, len(labels)), frozen_parameters(_torch_module(fmodel)), \
+            torch.enable_grad():  # fmt: skip
+        advs, _, _ = attack(fmodel, images, labels, epsilons=None)
     advs = advs.detach()
-    with torch.no_grad():
-        fooled = fmodel(advs).argmax(1) != labels
+    fooled = verify_adversarials(fmodel, images, advs, labels, None, spec.norm)
     # CW's "nothing found" marker (its tanh parametrization never yields an exactly all-zero image).
     blank = (advs.flatten(1) == 0).all(1) & (images.flatten(1) != 0).any(1)
     delta = (advs.double() - images.double()).flatten(1)

@@ -31,6 +31,9 @@ class RobenchGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except PermissionError as exc:
             raise click.ClickException(f"permission denied: {exc.filename}") from None
+        except OSError as exc:
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
         except KeyboardInterrupt:
             click.echo("interrupted; finished work is saved, rerun the same command to resume", err=True)
             sys.exit(130)
@@ -187,6 +190,50 @@ def report(results: tuple[str, ...], out_dir: str, fmt: str) -> None:
     click.echo(f"wrote {', '.join(p.name for p in written.files)} to {out_dir}")
 
 
+
+
+@cli.command()
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option("--attack", default=None, help="Only this attack (e.g. pgd, or worst_case); default: every one.")
+@click.option("--results", "results", multiple=True, type=click.Path(),
+              help="Results CSV or .db (repeatable); default results/mnist.csv.")
+def compare(model_a: str, model_b: str, attack: str | None, results: tuple[str, ...]) -> None:
+    """Compare two evaluated models on the same images: accuracy difference, 95% CI, McNemar p.
+
+    MODEL_A and MODEL_B are run directories as given to `robench eval`, their names, or a prefix
+    of their weights hash (the CSV's model_hash).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .results.compare import NORM_SYMBOL, describe
+    from .results.compare_cli import compare_from_files
+
+    found, label_a, label_b = compare_from_files(list(results) or ["results/mnist.csv"], model_a, model_b, attack)
+    table = Table(title=f"{label_a} vs {label_b}: difference in accuracy (points), 95% CI, exact McNemar p")
+    for column in ("attack", "norm", "eps", "n", "A", "B", "A - B", "95% CI", "p", "A only", "B only"):
+        table.add_column(column, justify="left" if column in ("attack", "norm") else "right")
+    for c in found:
+        table.add_row(c["attack"], NORM_SYMBOL.get(c["norm"], c["norm"]), f"{c['epsilon']:g}", str(c["n"]),
+                      f"{c['accuracy_a']:.3f}", f"{c['accuracy_b']:.3f}", f"{100 * c['difference']:+.1f}",
+                      f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]", f"{c['p_value']:.2g}",
+                      str(c["a_only"]), str(c["b_only"]))  # fmt: skip
+    Console(width=max(120, Console().width)).print(table)
+    for c in found:
+        if c["attack"] == "worst_case" and c["epsilon"] > 0:
+            click.echo(describe(c, label_a, label_b))
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Results CSV (and its .db) to merge into.")
+def merge(inputs: tuple[str, ...], out: str) -> None:
+    """Combine results (rows and per-example outcomes) of jobs that ran on separate machines."""
+    from .results import merge as merge_results
+
+    added = merge_results(list(inputs), out)
+    click.echo(f"merged {len(inputs)} file(s) into {out}: {added} new row(s)")
 
 
 @cli.command()

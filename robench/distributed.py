@@ -266,3 +266,15 @@ def batch_shard(n: int, batch_size: int, rank: int, size: int) -> tuple[int, int
     batches = -(-n // batch_size)
     first, last = rank * batches // size, (rank + 1) * batches // size
     return min(first * batch_size, n), min(last * batch_size, n)
+
+
+def chunk_shard(n: int, chunk: int, rank: int, size: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous share [start, stop) of n items, in whole chunks of `chunk` items.
+
+    Chunks are fixed by the item index (0, chunk, 2 chunk, ...), never by the number of processes,
+    so attacks run per chunk see the same images on any number of processes; a rank may get none
+    (when there are fewer chunks than processes), which is fine: it still joins every collective.
+    """
+    chunks = -(-n // chunk)
+    first, last = rank * chunks // size, (rank + 1) * chunks // size
+    return min(first * chunk, n), min(last * chunk, n)

@@ -1,28 +1,38 @@
-"""The evaluation protocol: every model x attack x epsilon on the first N test images, one CSV row each.
+"""The evaluation protocol: every model x attack x epsilon on the first N test images, one row each.
 
-Fixed-epsilon attacks (noise, FGSM, PGD) run once per epsilon and write their row as soon as it is
-done; minimization attacks (CW) run once and give every epsilon's row from the per-example minimal
-distances. Rows already in the CSV are skipped, so an interrupted run resumes at the next row.
-Under torchrun each process attacks its own whole batches of the test images and rank 0 writes
-the rows a single process would write.
+Reads top to bottom as the protocol: load the first N test images -> clean predictions and the exact
+||J||_F of every image (the `jacobian_norm` row) -> for each attack spec, the per-example outcomes
+at every epsilon still missing -> one row per epsilon, committed to the results store with those
+outcomes as soon as it is finished (the store adds the worst case over attacks, intervals and flags).
+Fixed-epsilon attacks (noise, FGSM, PGD) run once per epsilon; minimization attacks (CW) run once
+and give every epsilon's row from the per-example minimal distances.
+
+What makes a number checkable and repeatable: random starts and noise are drawn per example from
+(seed, example index), and attacks that couple the examples of one call (CW) run on fixed chunks of
+the image index (`robench.attacks.CHUNK`), so neither --batch-size nor the number of torchrun
+processes changes any outcome. Under torchrun the images are split into contiguous runs of whole
+chunks (any N works; a process may get none) and rank 0 gathers the outcomes and writes.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
 from . import __version__, distributed
 from .attacks import (
+    CHUNK,
+    PROTOCOL,
     AttackSpec,
-    accuracy_from_distances,
     fixed_eps_accuracy,
     foolbox_model,
     minimal_distances,
@@ -31,9 +41,9 @@ from .attacks import (
 from .data import load_dataset, to_unit_float
 from .devices import configure_tf32
 from .errors import RobenchError
-from .metrics import clean_accuracy, mean_jacobian_norm
+from .jacobian import jacobian_norm
 from .progress import make_progress
-from .results import JACOBIAN_ATTACK, append_rows, check_writable, done_keys, median_or_inf, read_results, row_key
+from .results import JACOBIAN_ATTACK, ResultsStore, check_writable, eps_key, median_or_inf
 from .sources import ModelSource, check_classes, from_run, from_weights
 
 
@@ -45,9 +55,11 @@ class EvalConfig:
         attacks: comma-separated attack names, or "all".
         eps: epsilon grid overriding each attack's default grid for the dataset.
         n: evaluate the first n test images (None: the whole test set).
-        batch_size: images per attack call.
+        batch_size: images per attack call for attacks that treat examples independently (FGSM,
+            PGD, noise); it changes speed and memory only, never a number. Attacks that couple a
+            call's examples (CW) always run on fixed chunks of CHUNK (100) images.
         device: auto, cpu, cuda or cuda:N.
-        seed: seeds random starts and noise draws.
+        seed: seeds random starts and noise draws (with each example's index).
         data_root: dataset directory (CIFAR-10, or an ImageNet-style root holding val/).
         tf32: allow TF32 matmuls and convolutions on CUDA (robench's default; off for full fp32).
     """
@@ -66,6 +78,8 @@ class EvalConfig:
             raise RobenchError(f"--n must be >= 1, got {self.n}")
         if self.batch_size < 1:
             raise RobenchError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.seed < 2**63:
+            raise RobenchError(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.eps is not None and any(e < 0 for e in self.eps):
             raise RobenchError("epsilon must be >= 0")
         return self
@@ -101,19 +115,14 @@ def evaluate(
     """Evaluate every model against every attack; returns the rows of these models (old and new).
 
     Everything that can be checked is checked before the first attack runs: attack names, epsilon
-    grids, output paths. Each finished row is appended to the CSV at once (atomically).
-
-    Under torchrun the first N test images are split into contiguous runs of whole batches, one per
-    process; every batch keeps the seed it has in a single process (from its start index), and
-    rank 0 gathers the per-example outcomes and writes the rows, so the CSV equals a single
-    process's (timestamps aside). Each process needs at least one whole batch: more processes than
-    batches (ceil(N / batch_size)) is an error, raised on every rank. Other ranks return an empty table.
+    grids, output paths. Each finished row is committed to the results store at once, with its
+    per-example outcomes; the CSV beside it is rewritten from the store.
 
     Args:
         sources: the models, or a function opening them (under torchrun it runs on every rank, and
             a model that fails to open on any rank stops all of them with the same message).
         config: what to evaluate and how.
-        out: the results CSV (default: results/<dataset>.csv per model).
+        out: the results CSV (default: results/<dataset>.csv per model); its database is beside it.
         show_progress: draw a progress bar (rank 0 only).
     """
     config.validate()
@@ -121,9 +130,13 @@ def evaluate(
     with distributed.session(config.device) as world:
         specs, plans = world.agree(lambda: _plan(sources, config, out, world))
         frames = []
-        with make_progress(disable=not (show_progress and world.is_main)) as progress:
+        with make_progress(disable=not (show_progress and world.is_main)) as progress, \
+                contextlib.ExitStack() as stack:  # fmt: skip
+            stores: dict[Path, ResultsStore] = {}
             for source, path, grids in plans:
-                frames.append(_evaluate_model(source, specs, grids, config, path, world, progress))
+                if world.is_main and path not in stores:
+                    stores[path] = stack.enter_context(ResultsStore(path))
+                frames.append(_evaluate_model(source, specs, grids, config, stores.get(path), world, progress))
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -146,35 +159,45 @@ def _grid(spec: AttackSpec, config: EvalConfig, dataset: str) -> list[float]:
     return sorted(set(config.eps)) if config.eps is not None else list(spec.default_eps(dataset))
 
 
-def _evaluate_model(source, specs, grids, config, path, world, progress) -> pd.DataFrame:
+def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.DataFrame:
     """All rows of one model: the clean/||J|| row on rank 0, then every attack on every rank's shard."""
     x, y, shard = world.agree(lambda: _load_test_set(source, config, world))
     model = source.model.to(world.device).eval()
     base = {
         "model": source.name, "dataset": source.dataset, "defense": source.defense, "n": len(y),
         "seed": config.seed, "robench_version": __version__, "model_hash": source.model_hash,
+        "protocol": PROTOCOL,
     }  # fmt: skip
-    spec_bases = {spec.name: {**base, "attack": spec.name, "norm": spec.norm, "spec_hash": spec.spec_hash,
-                              "attack_params": spec.params_json} for spec in specs}  # fmt: skip
-    jac = {**base, "attack": JACOBIAN_ATTACK, "norm": "l2", "epsilon": 0.0, "spec_hash": "exact",
-           "attack_params": json.dumps({"mode": "exact"})}  # fmt: skip
-    need_jac, todo = world.on_main(lambda: _todo(path, jac, spec_bases, grids))
-    if need_jac:  # on rank 0 alone: the same value as a single process, to the last bit
-        world.on_main(lambda: append_rows(path, [{**jac, "accuracy": clean_accuracy(model, x, y),
-                                                  "value": mean_jacobian_norm(model, x), "timestamp": _now()}]))
+    done = world.on_main(lambda: store.done(source.model_hash, len(y), config.seed, PROTOCOL))
+    if (JACOBIAN_ATTACK, "exact", 0.0) not in done:  # on rank 0 alone: the same value as a single process
+        world.on_main(lambda: store.add([_clean_row(model, x, y, base)]))
     fmodel = foolbox_model(model, world.device)
     for spec in specs:
-        if not todo[spec.name]:
+        todo = [e for e in grids[spec.name] if (spec.name, spec.spec_hash, eps_key(e)) not in done]
+        if not todo:
             continue
+        spec_base = {**base, "attack": spec.name, "norm": spec.norm, "spec_hash": spec.spec_hash,
+                     "attack_params": spec.params_json}  # fmt: skip
         size = shard[1] - shard[0]
-        task = progress.add_task(f"{Path(source.name).name}: {spec.name}", total=len(todo[spec.name]) * size,
-                                 status="")  # fmt: skip
+        task = progress.add_task(f"{Path(source.name).name}: {spec.name}", total=max(1, len(todo) * size), status="")
         run = _run_minimization if spec.kind == "minimization" else _run_fixed
-        run(spec, fmodel, x, y, shard, todo[spec.name], spec_bases[spec.name], config, path, world, progress, task)
-    if not world.is_main:
-        return pd.DataFrame()
-    table = read_results(path)
-    return table[table["model_hash"].astype(str) == source.model_hash].reset_index(drop=True)
+        run(spec, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task)
+    return store.table([source.model_hash]) if world.is_main else pd.DataFrame()
+
+
+def _clean_row(model, x, y, base) -> dict:
+    """Clean correctness, each image's exact ||J||_F (pixel units) and the grey-image share."""
+    with torch.no_grad():
+        correct = torch.cat([model(x[i : i + 500]).argmax(1) == y[i : i + 500] for i in range(0, len(y), 500)])
+        grey = model(torch.full((1, *x.shape[1:]), 0.5, device=x.device)).argmax(1)
+    norms = jacobian_norm(model, x).detach()
+    correct, norms = correct.double().cpu().numpy(), norms.double().cpu().numpy()
+    return {
+        **base, "attack": JACOBIAN_ATTACK, "norm": "l2", "epsilon": 0.0, "spec_hash": "exact",
+        "attack_params": json.dumps({"mode": "exact", "units": "pixel"}), "accuracy": float(correct.mean()),
+        "value": float(norms.mean()), "grey_share": float((y == grey).double().mean()), "timestamp": _now(),
+        "_robust": correct, "_value": norms,
+    }  # fmt: skip
 
 
 def _load_test_set(source, config: EvalConfig, world: distributed.World):
@@ -184,69 +207,55 @@ def _load_test_set(source, config: EvalConfig, world: distributed.World):
     images, labels = load_dataset(source.dataset, "test", root=config.data_root, subset=config.n,
                                   pin_memory=world.device.type == "cuda",
                                   num_workers=max(1, min(8, (os.cpu_count() or 1) // world.size)))  # fmt: skip
-    n, batches = len(labels), -(-len(labels) // config.batch_size)
-    if batches < world.size:
-        raise RobenchError(
-            f"{world.size} processes but the first {n} test images make only {batches} batch(es) of "
-            f"--batch-size {config.batch_size}; every process needs a whole batch: use at most "
-            f"{batches} process(es) or a smaller --batch-size"
-        )
-    shard = distributed.batch_shard(n, config.batch_size, world.rank, world.size)
+    shard = distributed.chunk_shard(len(labels), CHUNK, world.rank, world.size)
     return to_unit_float(images.to(world.device, non_blocking=True)), labels.to(world.device), shard
 
 
-def _todo(path, jac, spec_bases, grids) -> tuple[bool, dict[str, list[float]]]:
-    """What is not yet in the CSV: the ||J|| row? which epsilons of each attack? (read on rank 0)."""
-    done = done_keys(read_results(path))
-    todo = {name: [e for e in grids[name] if row_key({**spec_base, "epsilon": e}) not in done]
-            for name, spec_base in spec_bases.items()}  # fmt: skip
-    return row_key(jac) not in done, todo
-
-
-def _batches(shard: tuple[int, int], batch_size: int):
-    """(start, stop) of the batches in a shard; shards start on batch boundaries."""
+def _batches(spec: AttackSpec, shard: tuple[int, int], batch_size: int):
+    """(start, stop) of the attack calls in a shard: --batch-size for per-example attacks, else the
+    fixed CHUNKs of the image index (shards start on chunk boundaries)."""
     lo, hi = shard
-    return [(start, min(start + batch_size, hi)) for start in range(lo, hi, batch_size)]
+    step = batch_size if spec.per_example else CHUNK
+    return [(start, min(start + step, hi)) for start in range(lo, hi, step)]
 
 
-def _run_fixed(spec, fmodel, x, y, shard, todo, spec_base, config, path, world, progress, task) -> None:
+def _run_fixed(spec, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task) -> None:
     """One row per epsilon, written (by rank 0, from every rank's outcomes) as soon as it is finished."""
     for eps in todo:
         progress.update(task, status=f"eps={eps:g}")
-        parts = []
-        for start, stop in _batches(shard, config.batch_size):
-            parts.append(fixed_eps_accuracy(spec, fmodel, x[start:stop], y[start:stop], eps,
-                                            seed=_batch_seed(config.seed, start)).double())  # fmt: skip
+        parts = [torch.zeros(0, dtype=torch.float64)]
+        for start, stop in _batches(spec, shard, config.batch_size):
+            parts.append(fixed_eps_accuracy(spec, fmodel, x[start:stop], y[start:stop], eps, seed=config.seed,
+                                            indices=torch.arange(start, stop)).double())  # fmt: skip
             progress.update(task, advance=stop - start)
-        world.collect(torch.cat(parts), lambda shards: append_rows(
-            path, [{**spec_base, "epsilon": eps, "accuracy": torch.cat(shards).mean().item(), "timestamp": _now()}]
-        ))  # fmt: skip
+        world.collect(torch.cat(parts), lambda shards: store.add([_fixed_row(torch.cat(shards), eps, spec_base)]))
 
 
-def _run_minimization(spec, fmodel, x, y, shard, todo, spec_base, config, path, world, progress, task) -> None:
+def _fixed_row(robust: torch.Tensor, eps: float, spec_base: dict) -> dict:
+    robust = robust.numpy()
+    return {**spec_base, "epsilon": eps, "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust}
+
+
+def _run_minimization(spec, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task) -> None:
     """One attack run gives every epsilon's row (and the median minimal distance)."""
     progress.update(task, status="all eps at once")
-    parts = []
-    for start, stop in _batches(shard, config.batch_size):
-        parts.append(minimal_distances(spec, fmodel, x[start:stop], y[start:stop],
-                                       seed=_batch_seed(config.seed, start)))  # fmt: skip
+    parts = [torch.zeros(0, dtype=torch.float64)]
+    for start, stop in _batches(spec, shard, config.batch_size):
+        parts.append(minimal_distances(spec, fmodel, x[start:stop], y[start:stop], seed=config.seed,
+                                       indices=torch.arange(start, stop)))  # fmt: skip
         progress.update(task, advance=(stop - start) * len(todo))
-    world.collect(torch.cat(parts),
-                  lambda shards: append_rows(path, _distance_rows(torch.cat(shards), todo, spec_base)))  # fmt: skip
+    world.collect(torch.cat(parts), lambda shards: store.add(_distance_rows(torch.cat(shards), todo, spec_base)))
 
 
 def _distance_rows(distances: torch.Tensor, todo: list[float], spec_base: dict) -> list[dict]:
-    median = median_or_inf(distances.tolist())
-    return [
-        {**spec_base, "epsilon": eps, "accuracy": accuracy_from_distances(distances, eps),
-         "value": median, "timestamp": _now()}
-        for eps in todo
-    ]  # fmt: skip
-
-
-def _batch_seed(seed: int, start: int) -> int:
-    """A seed per batch, so random starts differ between batches but repeat between runs."""
-    return seed * 1_000_003 + start
+    d = distances.numpy()
+    median = median_or_inf(d.tolist())
+    rows = []
+    for eps in todo:
+        robust = (d > eps).astype(np.float64)
+        rows.append({**spec_base, "epsilon": eps, "accuracy": float(robust.mean()), "value": median,
+                     "timestamp": _now(), "_robust": robust, "_distance": d})  # fmt: skip
+    return rows
 
 
 def _now() -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import os
 import time
@@ -37,7 +38,8 @@ from . import __version__
 from .errors import RobenchError
 from .fileio import ensure_writable_dir, write_atomic, write_text_atomic
 from .plots import Curve
-from .results import COLUMNS, JACOBIAN_ATTACK, read_results
+from .results import JACOBIAN_ATTACK, read_results
+from .results.select import curve_order, current_rows, with_curve_names
 
 REQUIRED = ("model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed", "model_hash")
 FORMATS = ("md", "html")
@@ -55,12 +57,15 @@ class Report(NamedTuple):
 
 
 def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
-    """Read and concatenate results CSVs, refusing missing files and tables robench did not write."""
+    """Read and concatenate results (CSV or store), refusing missing files and tables robench did not write."""
+    from .results.store import store_paths
+
     if not paths:
         raise RobenchError("name at least one results CSV")
     frames = []
     for path in map(Path, paths):
-        if not path.is_file():
+        csv, db = store_paths(path)
+        if not csv.is_file() and not db.is_file():
             raise RobenchError(f"results file {path} not found" if not path.exists() else f"{path} is not a file")
         df = read_results(path)
         missing = [c for c in REQUIRED if c not in df.columns]
@@ -68,25 +73,14 @@ def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
             raise RobenchError(f"{path} is not a robench results CSV (missing columns: {', '.join(missing)})")
         if df.empty:
             raise RobenchError(f"{path} holds no results")
-        df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
-        for column in ("epsilon", "accuracy", "n", "seed", "value"):
-            numbers = pd.to_numeric(df[column], errors="coerce")
-            if column != "value" and numbers.isna().any():
-                raise RobenchError(f"{path} is not a robench results CSV (column {column} is not numeric)")
-            df[column] = numbers
-        for column in ("model", "dataset", "defense", "attack", "norm", "model_hash", "attack_params"):
-            df[column] = df[column].fillna("").astype(str)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
 def select_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, attack, epsilon): the largest-n evaluation, later rows winning ties."""
-    df = df.assign(_eps=df["epsilon"].astype(float).round(9))
-    df = df[df["n"] == df.groupby(["model_hash", "attack"])["n"].transform("max")]
-    df = df[df["seed"] == df.groupby(["model_hash", "attack"])["seed"].transform("last")]
-    df = df.drop_duplicates(["model_hash", "attack", "_eps"], keep="last")
-    return df.assign(epsilon=df["_eps"]).drop(columns="_eps").reset_index(drop=True)
+    """The current rows (latest spec and protocol of each attack, largest n, later rows winning ties),
+    with worst-case rows named by their norm (worst_case_linf, worst_case_l2)."""
+    return with_curve_names(current_rows(df))
 
 
 def _by_eps(eps: Any, accuracy: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -119,9 +113,9 @@ def eps_below(eps: Any, accuracy: Any, level: float = LEVEL) -> float:
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """The summary table (see the module docstring), one row per model, numbers as numbers."""
     rows = select_rows(df)
-    attacks = sorted(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK)
+    attacks = curve_order(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK)
     with_values = {a for a in attacks if rows.loc[rows["attack"] == a, "value"].notna().any()}
-    distance_attacks = sorted(set(DISTANCE_ATTACKS) | with_values)
+    distance_attacks = sorted(set(DISTANCE_ATTACKS) | (with_values - {a for a in attacks if a.startswith("worst_case")}))
     records = []
     for _, group in rows.groupby("model_hash", sort=False):
         first, by_attack = group.iloc[0], dict(tuple(group.groupby("attack")))
@@ -157,25 +151,72 @@ def provenance(model: str) -> dict[str, Any] | None:
 
 
 def _with_arch(rows: pd.DataFrame, metas: dict[str, dict | None]) -> pd.DataFrame:
-    """Add the architecture from each model's meta.json ("" when unknown) as column _arch."""
-    return rows.assign(_arch=rows["model"].map(lambda m: (metas.get(m) or {}).get("config", {}).get("model", "")))
+    """Add the architecture (column _arch, "" when unknown) and the band key (column _band): models
+    share a band only when their training configs differ in the seed (and device) alone; a model
+    without a config is a band of its own."""
+    def band(model: str, model_hash: str) -> str:
+        config = (metas.get(model) or {}).get("config")
+        if not isinstance(config, dict):
+            return f"model:{model_hash}"
+        return json.dumps({k: v for k, v in config.items() if k not in CONFIG_IGNORED}, sort_keys=True, default=str)
+
+    return rows.assign(
+        _arch=rows["model"].map(lambda m: (metas.get(m) or {}).get("config", {}).get("model", "")),
+        _band=[band(m, h) for m, h in zip(rows["model"], rows["model_hash"])],
+    )
 
 
 def attack_curves(rows: pd.DataFrame, attack: str, metas: dict[str, dict | None]) -> list[Curve]:
-    """Per (dataset, architecture, defense): the mean accuracy curve and, for k > 1 models, its std."""
+    """Per band (same training config but for the seed): the mean accuracy curve and, for k > 1
+    models, its std."""
     sub = _with_arch(rows[rows["attack"] == attack], metas)
     several_archs, several_datasets = sub["_arch"].nunique() > 1, sub["dataset"].nunique() > 1
     curves = []
-    groups = sorted(sub.groupby(BAND_KEY), key=lambda item: (item[0][2] != "none", item[0]))  # baseline first
-    for (dataset, arch_name, defense), group in groups:
+    groups = sorted(sub.groupby(["dataset", "_arch", "defense", "_band"]),
+                    key=lambda item: (item[0][2] != "none", item[0]))  # baseline first  # fmt: skip
+    labels = [g[0][2] for g in groups]
+    for (dataset, arch_name, defense, _), group in groups:
         table = group.pivot_table(index="model_hash", columns="epsilon", values="accuracy", aggfunc="last")
         table = table.dropna(axis=1)  # epsilons every model of the group was evaluated at
         k = len(table)
         label = defense + (f" [{arch_name}]" if several_archs and arch_name else "")
         label += (f" ({dataset})" if several_datasets else "") + (f" ({k} seeds)" if k > 1 else "")
+        if labels.count(defense) > 1 and k == 1:
+            label += f" ({Path(group['model'].iloc[0]).name or group['model_hash'].iloc[0]})"
         std = table.std(axis=0, ddof=1).to_numpy() if k > 1 else None
         curves.append(Curve(label, table.columns.to_numpy(float), table.mean(axis=0).to_numpy(), std, k))
     return curves
+
+
+def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[str]:
+    """"JR vs none" lines (`rows`: current rows, attack names as stored): every defended model against a `none` model evaluated on the same images
+    (same dataset, n, seed, protocol), on the worst-case rows at every ε > 0 (on every attack's rows
+    when no worst case exists). Needs per-example outcomes; rows without them are skipped."""
+    from .results import outcomes
+    from .results.compare import compare_models, describe
+
+    per_path = []
+    for path in paths:
+        try:
+            per_path.append(outcomes(path))
+        except RobenchError:
+            continue
+    frames = [f for f in per_path if len(f)]
+    if not frames:
+        return []
+    table = pd.concat(frames, ignore_index=True)
+    models = rows.drop_duplicates("model_hash")
+    baselines = models[models["defense"] == "none"]
+    lines = []
+    for _, model in models[models["defense"] != "none"].iterrows():
+        for _, base in baselines[baselines["dataset"] == model["dataset"]].iterrows():
+            found = compare_models(rows, table, model["model_hash"], base["model_hash"])
+            worst = [c for c in found if c["attack"] == "worst_case" and c["epsilon"] > 0]
+            for item in worst or [c for c in found if c["epsilon"] > 0]:
+                lines.append(describe(item, model["defense"], base["defense"]))
+            if found:
+                break
+    return lines
 
 
 def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, fmt: str = "md") -> Report:
@@ -194,13 +235,15 @@ def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     files = [out / "summary.csv"]
     write_atomic(files[0], lambda tmp: summary.to_csv(tmp, index=False))
     curves = {}
-    for attack in sorted(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK):
+    for attack in curve_order(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK):
         curves[attack] = attack_curves(rows, attack, metas)
         norm = rows.loc[rows["attack"] == attack, "norm"].iloc[0]
-        fig = accuracy_figure(curves[attack], title=f"{attack}: accuracy vs ε", xlabel=f"ε ({norm} norm)")
+        what = "robust accuracy (worst case over attacks)" if attack.startswith("worst_case") else "accuracy"
+        fig = accuracy_figure(curves[attack], title=f"{attack}: {what} vs ε", xlabel=f"ε ({norm} norm)")
         files.append(out / f"{attack}.png")
         save_png(fig, files[-1])
-    context = dict(paths=paths, rows=rows, summary=summary, curves=curves, metas=metas)
+    context = dict(paths=paths, rows=rows, summary=summary, curves=curves, metas=metas,
+                   compared=comparisons(paths, current_rows(df)))
     files.append(out / "report.md")
     write_text_atomic(files[-1], render_markdown(**context, images={a: f"{a}.png" for a in curves}))
     if fmt == "html":
@@ -234,7 +277,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def render_markdown(
     *, paths: list, rows: pd.DataFrame, summary: pd.DataFrame, curves: dict[str, list[Curve]],
-    metas: dict[str, dict | None], images: dict[str, str],
+    metas: dict[str, dict | None], images: dict[str, str], compared: list[str] = (),
 ) -> str:  # fmt: skip
     """The report as markdown; `images` maps each attack to its PNG's address (file name or data URI)."""
     labels = _labels(list(summary["model"]))
@@ -242,7 +285,19 @@ def render_markdown(
         "# robench report", "",
         f"From {', '.join(f'`{p}`' for p in paths)}; {len(summary)} models; written "
         f"{time.strftime('%Y-%m-%d %H:%M')} by robench {__version__}.", "",
+    ]  # fmt: skip
+    if compared:
+        lines += ["## Did the defense help?", "",
+                  "Each defended model against the undefended one on the same test images: the difference in "
+                  "robust accuracy (worst case over attacks where one exists) in percentage points, its 95% "
+                  "interval (paired t on the per-example outcomes), and the exact McNemar p-value on the "
+                  "examples where the two models disagree.", ""]  # fmt: skip
+        lines += [f"- {line}" for line in compared] + [""]
+    lines += [
         "## Summary", "",
+        "`auc_worst_case_<norm>`: the worst case over every adversarial attack of that norm (the robust "
+        "accuracy robench stands behind); accuracies in the tables below carry 95% Clopper-Pearson "
+        "intervals in the results CSV (`ci_low`, `ci_high`).", "",
         f"`auc_<attack>`: area under accuracy vs ε (trapezoid rule) divided by the ε range, i.e. the mean "
         f"accuracy over the grid (in [0, 1]; compare models on the same grid only). `eps50_<attack>`: the ε "
         f"where accuracy first falls below {LEVEL:g}, interpolated linearly (— if it never does).", "",

@@ -7,7 +7,8 @@ import math
 import pandas as pd
 from rich.table import Table
 
-from .results import JACOBIAN_ATTACK
+from .results import JACOBIAN_ATTACK, WORST_CASE
+from .results.select import curve_order, current_rows, with_curve_names
 
 
 def _label(model: str) -> str:
@@ -19,7 +20,8 @@ def clean_table(df: pd.DataFrame) -> Table:
     table = Table(title="clean accuracy and Jacobian norm")
     for column in ("model", "defense", "n", "clean accuracy", "mean ||J||_F"):
         table.add_column(column, justify="left" if column in ("model", "defense") else "right")
-    rows = df[df["attack"] == JACOBIAN_ATTACK].sort_values("n", kind="stable")
+    rows = current_rows(df)
+    rows = rows[rows["attack"] == JACOBIAN_ATTACK].sort_values("n", kind="stable")
     for row in rows.drop_duplicates("model_hash", keep="last").to_dict("records"):  # largest n per model
         table.add_row(_label(row["model"]), row["defense"], str(int(row["n"])),
                       f"{row['accuracy']:.4f}", f"{row['value']:.3f}")  # fmt: skip
@@ -27,13 +29,22 @@ def clean_table(df: pd.DataFrame) -> Table:
 
 
 def attack_tables(df: pd.DataFrame) -> list[Table]:
-    """Accuracy vs epsilon, one table per attack; CW tables add the median minimal distance."""
+    """Accuracy vs epsilon, one table per attack, worst cases first (with their 95% intervals);
+    CW tables add the median minimal distance. Only current rows (latest spec) are shown."""
     tables = []
-    attacks = df[df["attack"] != JACOBIAN_ATTACK]
-    for attack, group in attacks.groupby("attack", sort=True):
+    for column in ("ci_low", "ci_high"):
+        if column not in df.columns:
+            df = df.assign(**{column: math.nan})
+    rows_now = with_curve_names(current_rows(df)) if len(df) else df
+    attacks = rows_now[rows_now["attack"] != JACOBIAN_ATTACK]
+    groups = dict(tuple(attacks.groupby("attack", sort=False)))
+    for attack in curve_order(groups):
+        group = groups[attack]
+        worst = attack.startswith(WORST_CASE)
         epsilons = sorted(group["epsilon"].unique())
         sizes = "/".join(str(int(n)) for n in sorted(group["n"].unique()))
-        table = Table(title=f"{attack} ({group['norm'].iloc[0]}, n={sizes}): accuracy vs epsilon")
+        what = "robust accuracy (worst case over attacks) [95% CI]" if worst else "accuracy"
+        table = Table(title=f"{attack} ({group['norm'].iloc[0]}, n={sizes}): {what} vs epsilon")
         table.add_column("model")
         table.add_column("defense")
         for eps in epsilons:
@@ -42,8 +53,9 @@ def attack_tables(df: pd.DataFrame) -> list[Table]:
         if has_median:
             table.add_column("median dist", justify="right")
         for model, rows in group.groupby("model", sort=False):
-            by_eps = dict(zip(rows["epsilon"], rows["accuracy"]))
-            cells = [f"{by_eps[e]:.3f}" if e in by_eps else "" for e in epsilons]
+            by_eps = {e: (a, lo, hi) for e, a, lo, hi in zip(rows["epsilon"], rows["accuracy"], rows["ci_low"],
+                                                              rows["ci_high"])}  # fmt: skip
+            cells = [_cell(*by_eps[e], worst) if e in by_eps else "" for e in epsilons]
             if has_median:
                 median = rows["value"].dropna()
                 cells.append(_fmt(median.iloc[-1]) if len(median) else "")
@@ -51,6 +63,12 @@ def attack_tables(df: pd.DataFrame) -> list[Table]:
             table.add_row(_label(model), rows["defense"].iloc[0] + (f" [yellow]⚠ {flags}" if flags else ""), *cells)
         tables.append(table)
     return tables
+
+
+def _cell(accuracy: float, low: float, high: float, with_ci: bool) -> str:
+    if with_ci and not (math.isnan(low) or math.isnan(high)):
+        return f"{accuracy:.3f} [{low:.2f}, {high:.2f}]"
+    return f"{accuracy:.3f}"
 
 
 def _fmt(value: float) -> str:

@@ -1,0 +1,73 @@
+"""Rows derived from other rows' per-example outcomes: the worst case over attacks.
+
+For one evaluation (model, first n images, seed, protocol) and one norm, the `worst_case` row at ε is
+the fraction of examples robust under every adversarial attack of that norm at ε: an example counts
+as broken when any fixed-ε attack broke it at ε, or when a minimization attack (CW) found an
+adversarial at distance ≤ ε (so CW's distances fold into every ε, on its grid or not). Baselines
+(noise, `role = "baseline"` in its spec) are not adversaries and never join. Only the latest spec of
+each attack takes part, and only rows that kept their outcomes. A row needs two or more attacks at its
+ε; it is recomputed whenever another attack's row joins the evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from .csvfile import JACOBIAN_ATTACK, WORST_CASE, eps_key
+
+
+def latest_members(rows: list[dict[str, Any]], relations: dict) -> list[dict[str, Any]]:
+    """The rows that may join a worst case: adversarial, with outcomes, each attack's latest spec only."""
+    from ..attacks import Relation
+
+    latest: dict[str, str] = {}
+    for row in rows:  # rows come in insertion order: the last spec seen of an attack is its latest
+        if row["attack"] not in (WORST_CASE, JACOBIAN_ATTACK):
+            latest[row["attack"]] = row["spec_hash"]
+    return [
+        r for r in rows
+        if r["attack"] in latest and r["spec_hash"] == latest[r["attack"]] and r.get("_robust") is not None
+        and relations.get(r["attack"], Relation()).role != "baseline"
+    ]  # fmt: skip
+
+
+def worst_case_rows(rows: list[dict[str, Any]], relations: dict) -> list[dict[str, Any]]:
+    """The worst_case rows of one evaluation (see the module docstring), with their outcomes.
+
+    Args:
+        rows: every row of one (model_hash, n, seed, protocol), in insertion order, each with its
+            outcome arrays under "_robust" and "_distance" (None when not kept).
+        relations: {attack: Relation} from `robench.attacks.relations()`.
+    """
+    members = latest_members(rows, relations)
+    out = []
+    for norm in sorted({r["norm"] for r in members}):
+        of_norm = [r for r in members if r["norm"] == norm]
+        minimizers = {r["attack"]: r for r in of_norm if r.get("_distance") is not None}
+        fixed = [r for r in of_norm if r.get("_distance") is None]
+        grid = sorted({eps_key(r["epsilon"]) for r in of_norm})
+        names = sorted({r["attack"]: r["spec_hash"] for r in of_norm}.items())
+        spec_hash = hashlib.sha256(json.dumps([norm, names]).encode()).hexdigest()[:12]
+        for eps in grid:
+            at_eps = [r for r in fixed if eps_key(r["epsilon"]) == eps]
+            parts = [np.asarray(r["_robust"], dtype=float) >= 1.0 for r in at_eps]
+            parts += [np.asarray(r["_distance"], dtype=float) > eps for r in minimizers.values()]
+            joined = {r["attack"]: r["spec_hash"] for r in at_eps + list(minimizers.values())}
+            if len(joined) < 2:
+                continue
+            robust = np.logical_and.reduce(parts).astype(float)
+            template = (at_eps or list(minimizers.values()))[0]
+            out.append({
+                **{k: template[k] for k in ("model", "dataset", "defense", "n", "seed", "model_hash", "protocol",
+                                            "robench_version")},
+                "attack": WORST_CASE, "norm": norm, "epsilon": eps, "spec_hash": spec_hash,
+                "accuracy": float(robust.mean()), "value": float("nan"),
+                "attack_params": json.dumps({"norm": norm, "attacks": dict(sorted(joined.items()))}, sort_keys=True),
+                "timestamp": max(str(r.get("timestamp", "")) for r in at_eps + list(minimizers.values())),
+                "_robust": robust, "_distance": None, "_value": None,
+            })  # fmt: skip
+    return out

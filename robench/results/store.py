@@ -1,0 +1,320 @@
+"""The results store: an SQLite database beside the CSV, safe under concurrent writers, resumable.
+
+`results/mnist.csv` is backed by `results/mnist.db`. Each finished result row is one transaction
+(`BEGIN IMMEDIATE`: writers queue on SQLite's lock, WAL mode lets readers go on): the row, its
+per-example outcomes (zlib-compressed float64 arrays), its 95% interval, and what it changes in its
+own evaluation only, i.e. the same (model_hash, n, seed, protocol): the `worst_case` rows and the
+honesty flags. So the work of an append does not grow with the file, and two jobs writing one store
+never lose a row. The CSV is rewritten from the database, atomically and while holding the write lock
+(so an older snapshot can never overwrite a newer one): after a commit once EXPORT_INTERVAL_S has
+passed since the last export, and always when the store is closed. The database is the record; a
+killed job's last seconds reach the CSV at the next open or close of the store.
+
+SQLite must not be shared over NFS or other network file systems (its locks are not reliable
+there): jobs on separate machines write separate stores and `robench merge` combines them.
+A CSV without a database (robench before the store) is imported once, when a store is first opened
+on it; its rows keep their meaning (protocol 1) and have no outcomes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import RobenchError
+from ..fileio import write_atomic
+from .csvfile import COLUMNS, JACOBIAN_ATTACK, WORST_CASE, complete, eps_key, read_csv
+
+SCHEMA_VERSION = 1
+EXPORT_INTERVAL_S = 2.0
+BUSY_TIMEOUT_S = 600.0
+ROW_FIELDS = [c for c in COLUMNS if c != "outcomes"]
+MIGRATIONS = {  # version -> statements; applied in order to bring an older database up to SCHEMA_VERSION
+    1: [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+        """CREATE TABLE IF NOT EXISTS rows (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model TEXT, dataset TEXT, defense TEXT, attack TEXT NOT NULL, norm TEXT,
+            epsilon REAL NOT NULL, accuracy REAL, n INTEGER NOT NULL, seed INTEGER NOT NULL,
+            attack_params TEXT, robench_version TEXT, timestamp TEXT, model_hash TEXT NOT NULL,
+            spec_hash TEXT NOT NULL, value REAL, flags TEXT NOT NULL DEFAULT '',
+            ci_low REAL, ci_high REAL, protocol INTEGER NOT NULL, grey_share REAL,
+            eps_key REAL NOT NULL, derived INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (model_hash, attack, spec_hash, eps_key, n, seed, protocol))""",
+        "CREATE INDEX IF NOT EXISTS rows_by_evaluation ON rows (model_hash, n, seed, protocol)",
+        """CREATE TABLE IF NOT EXISTS outcomes (
+            row_id INTEGER PRIMARY KEY REFERENCES rows(id) ON DELETE CASCADE,
+            count INTEGER NOT NULL, robust BLOB NOT NULL, distance BLOB, value BLOB)""",
+    ],
+}
+
+
+def store_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(CSV, database) for a results path given as either: x.csv <-> x.db."""
+    path = Path(path)
+    if path.suffix == ".db":
+        return path.with_suffix(".csv"), path
+    return path, path.with_suffix(".db") if path.suffix else path.with_name(path.name + ".db")
+
+
+def pack(values: Any) -> bytes | None:
+    """A 1-D float64 array as compressed bytes (None stays None)."""
+    if values is None:
+        return None
+    return zlib.compress(np.ascontiguousarray(np.asarray(values, dtype="<f8")).tobytes(), 6)
+
+
+def unpack(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(zlib.decompress(blob), dtype="<f8")
+
+
+class ResultsStore:
+    """One results database (and its CSV export). Use as a context manager; `close()` exports.
+
+    Args:
+        path: the CSV path (results/mnist.csv) or the database path (results/mnist.db).
+        relations: {attack: Relation} for the worst case and the checks (default: the packaged specs).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, relations: dict | None = None):
+        from ..attacks import relations as spec_relations
+
+        self.csv_path, self.db_path = store_paths(path)
+        self.relations = spec_relations() if relations is None else relations
+        self._dirty, self._last_export = False, 0.0
+        try:
+            self.conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            with self._write():
+                self._migrate()
+                self._import_legacy_csv()
+        except sqlite3.DatabaseError as exc:
+            raise RobenchError(f"{self.db_path} is not a robench results database ({exc})") from None
+
+    # -- transactions -------------------------------------------------------------------------
+    def _write(self):
+        store = self
+
+        class _Txn:
+            def __enter__(self):
+                store.conn.execute("BEGIN IMMEDIATE")
+                return store.conn
+
+            def __exit__(self, kind, exc, tb):
+                store.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+                return False
+
+        return _Txn()
+
+    def _migrate(self) -> None:
+        exists = self.conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone()
+        version = 0
+        if exists:
+            found = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(found[0]) if found else 0
+        if version > SCHEMA_VERSION:
+            raise RobenchError(f"{self.db_path} was written by a newer robench (schema {version}); upgrade robench")
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[v]:
+                self.conn.execute(statement)
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _import_legacy_csv(self) -> None:
+        """Once per database: rows of a CSV that predates it (or was copied without it), outcomes none."""
+        if self.conn.execute("SELECT value FROM meta WHERE key='csv_imported'").fetchone():
+            return
+        self.conn.execute("INSERT INTO meta VALUES ('csv_imported', ?)", (time.strftime("%Y-%m-%dT%H:%M:%S"),))
+        if not self.csv_path.exists():
+            return
+        df = read_csv(self.csv_path)
+        df = df[df["attack"] != WORST_CASE]  # derived: cannot be recomputed without outcomes
+        rows = [{k: v for k, v in r.items() if k != "outcomes"} for r in df.to_dict("records")]
+        groups = {self._insert(row) for row in rows} - {None}
+        for group in groups:
+            self._refresh(group)
+        self._dirty = True
+
+    # -- writing ------------------------------------------------------------------------------
+    def add(self, rows: Iterable[dict[str, Any]], *, export: bool | None = None) -> int:
+        """Insert rows (skipping keys already present) in one transaction; returns how many were new.
+
+        A row dict has the CSV's fields; per-example outcomes ride along as numpy arrays under
+        "_robust" (in [0, 1]), "_distance" (minimization attacks) and "_value" (the per-example
+        ||J||_F of the jacobian_norm row). `export`: True always rewrites the CSV, None when due.
+        """
+        with self._write():
+            inserted = [self._insert(dict(row)) for row in rows]
+            new = {g for g in inserted if g is not None}
+            for group in new:
+                self._refresh(group)
+        if new:
+            self._dirty = True
+        if export or (export is None and self._dirty and time.monotonic() - self._last_export >= EXPORT_INTERVAL_S):
+            self.export()
+        return sum(g is not None for g in inserted)
+
+    def _insert(self, row: dict[str, Any]) -> tuple | None:
+        """INSERT OR IGNORE one row and its outcomes; its evaluation's key if it was new."""
+        from .stats import proportion_ci
+
+        row.setdefault("protocol", _current_protocol())
+        row.setdefault("flags", "")
+        robust, distance, value = row.pop("_robust", None), row.pop("_distance", None), row.pop("_value", None)
+        if robust is not None and len(robust) != int(row["n"]):
+            raise RobenchError(f"{len(robust)} outcomes for a row of n={row['n']}")
+        low, high = proportion_ci(float(row["accuracy"]), int(row["n"]))
+        row["ci_low"], row["ci_high"] = low, high
+        values = [_sql(row.get(c)) for c in ROW_FIELDS]
+        cursor = self.conn.execute(
+            f"INSERT OR IGNORE INTO rows ({', '.join(ROW_FIELDS)}, eps_key, derived) "
+            f"VALUES ({', '.join('?' * len(ROW_FIELDS))}, ?, ?)",
+            values + [eps_key(row["epsilon"]), int(row["attack"] == WORST_CASE)],
+        )
+        if cursor.rowcount == 0:
+            return None
+        if robust is not None:
+            self.conn.execute("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?)",
+                              (cursor.lastrowid, len(robust), pack(robust), pack(distance), pack(value)))  # fmt: skip
+        return (str(row["model_hash"]), int(row["n"]), int(row["seed"]), int(row["protocol"]))
+
+    def _group_rows(self, group: tuple, *, with_outcomes: bool) -> list[dict[str, Any]]:
+        blobs = ", o.robust, o.distance, o.value" if with_outcomes else ", NULL, NULL, NULL"
+        cursor = self.conn.execute(
+            f"SELECT r.id, {', '.join('r.' + c for c in ROW_FIELDS)}, r.derived{blobs} FROM rows r "
+            "LEFT JOIN outcomes o ON o.row_id = r.id "
+            "WHERE r.model_hash = ? AND r.n = ? AND r.seed = ? AND r.protocol = ? ORDER BY r.id", group,
+        )  # fmt: skip
+        out = []
+        for record in cursor.fetchall():
+            row = dict(zip(["id", *ROW_FIELDS, "derived"], record[: len(ROW_FIELDS) + 2]))
+            row["_robust"], row["_distance"], row["_value"] = (unpack(b) for b in record[len(ROW_FIELDS) + 2:])
+            out.append(row)
+        return out
+
+    def _refresh(self, group: tuple) -> None:
+        """Recompute one evaluation's worst_case rows and every flag of its rows (inside a transaction)."""
+        from ..checks import flag_rows
+        from .derived import worst_case_rows
+        from .stats import proportion_ci
+
+        rows = self._group_rows(group, with_outcomes=True)
+        wanted = {(r["norm"], eps_key(r["epsilon"])): r for r in worst_case_rows(rows, self.relations)}
+        for old in (r for r in rows if r["derived"]):
+            key = (old["norm"], eps_key(old["epsilon"]))
+            if key not in wanted or wanted[key]["spec_hash"] != old["spec_hash"]:
+                self.conn.execute("DELETE FROM rows WHERE id = ?", (old["id"],))
+                continue
+            new = wanted.pop(key)
+            low, high = proportion_ci(new["accuracy"], int(new["n"]))
+            self.conn.execute("UPDATE rows SET accuracy=?, attack_params=?, timestamp=?, ci_low=?, ci_high=? "
+                              "WHERE id=?", (new["accuracy"], new["attack_params"], new["timestamp"], low, high,
+                                             old["id"]))  # fmt: skip
+            self.conn.execute("UPDATE outcomes SET robust=?, count=? WHERE row_id=?",
+                              (pack(new["_robust"]), len(new["_robust"]), old["id"]))  # fmt: skip
+        for new in wanted.values():
+            self._insert(new)
+        rows = self._group_rows(group, with_outcomes=False)
+        df = complete(pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]),
+                      where=str(self.db_path))  # fmt: skip
+        flags = flag_rows(df, relations=self.relations)
+        for row_id, old, new in zip(df["id"], df["flags"], flags):
+            if old != new:
+                self.conn.execute("UPDATE rows SET flags = ? WHERE id = ?", (new, int(row_id)))
+
+    # -- reading ------------------------------------------------------------------------------
+    def done(self, model_hash: str, n: int, seed: int, protocol: int) -> set[tuple[str, str, float]]:
+        """(attack, spec_hash, eps_key) of the rows one evaluation already has."""
+        cursor = self.conn.execute("SELECT attack, spec_hash, eps_key FROM rows WHERE model_hash=? AND n=? AND "
+                                   "seed=? AND protocol=?", (model_hash, int(n), int(seed), int(protocol)))  # fmt: skip
+        return {(a, s, float(e)) for a, s, e in cursor.fetchall()}
+
+    def table(self, model_hashes: Iterable[str] | None = None) -> pd.DataFrame:
+        """The result rows (all, or of some models) as the CSV has them, in insertion order."""
+        sql = (f"SELECT {', '.join('r.' + c for c in ROW_FIELDS)}, COALESCE(o.count, 0) AS outcomes FROM rows r "
+               "LEFT JOIN outcomes o ON o.row_id = r.id")  # fmt: skip
+        params: list = []
+        if model_hashes is not None:
+            hashes = list(model_hashes)
+            sql += f" WHERE r.model_hash IN ({', '.join('?' * len(hashes))})"
+            params = hashes
+        df = pd.read_sql_query(sql + " ORDER BY r.id", self.conn, params=params)
+        return complete(df, where=str(self.db_path)) if len(df) else pd.DataFrame(columns=COLUMNS)
+
+    def outcomes(self, **where: Any) -> pd.DataFrame:
+        """One row per (row key, example): robust, distance (NaN for fixed-ε attacks), value (||J||_F)."""
+        clauses = [f"r.{k} = ?" for k in where]
+        sql = ("SELECT r.model_hash, r.attack, r.spec_hash, r.epsilon, r.n, r.seed, r.protocol, r.norm, "
+               "o.robust, o.distance, o.value FROM rows r JOIN outcomes o ON o.row_id = r.id"
+               + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY r.id")  # fmt: skip
+        frames = []
+        for *key, robust, distance, value in self.conn.execute(sql, list(where.values())).fetchall():
+            robust = unpack(robust)
+            count = len(robust)
+            nan = np.full(count, math.nan)
+            frame = pd.DataFrame({"example": np.arange(count), "robust": robust,
+                                  "distance": unpack(distance) if distance is not None else nan,
+                                  "value": unpack(value) if value is not None else nan})  # fmt: skip
+            for name, item in zip(OUTCOME_KEY[::-1], key[::-1]):
+                frame.insert(0, name, item)
+            frames.append(frame)
+        if not frames:
+            return pd.DataFrame(columns=OUTCOME_KEY + ["example", "robust", "distance", "value"])
+        return pd.concat(frames, ignore_index=True)
+
+    def raw_rows(self) -> list[dict[str, Any]]:
+        """Every row with its outcome arrays (for merging stores)."""
+        groups = self.conn.execute("SELECT DISTINCT model_hash, n, seed, protocol FROM rows").fetchall()
+        return [r for g in groups for r in self._group_rows(tuple(g), with_outcomes=True)]
+
+    # -- the CSV ------------------------------------------------------------------------------
+    def export(self) -> None:
+        """Rewrite the CSV from the database, atomically, holding the write lock (newest state wins)."""
+        with self._write():
+            df = self.table()
+            write_atomic(self.csv_path, lambda tmp: df.to_csv(tmp, index=False))
+        self._dirty, self._last_export = False, time.monotonic()
+
+    def close(self) -> None:
+        """Export what is not yet in the CSV, then close the database."""
+        try:
+            if self._dirty:
+                self.export()
+        finally:
+            self.conn.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+OUTCOME_KEY = ["model_hash", "attack", "spec_hash", "epsilon", "n", "seed", "protocol", "norm"]
+
+
+def _current_protocol() -> int:
+    from ..attacks import PROTOCOL
+
+    return PROTOCOL
+
+
+def _sql(value: Any) -> Any:
+    """Python/numpy scalars as SQLite values (NaN as NULL)."""
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    return value
+
+
+__all__ = ["ResultsStore", "store_paths", "JACOBIAN_ATTACK"]
