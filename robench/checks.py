@@ -6,9 +6,9 @@ at one evaluation's rows (one model, n and seed) and returns {row index: reason}
 {row index: (flag, reason)}; adding a check is adding an entry, not a branch. What an attack is
 (a baseline such as noise; iterative or not; which attacks it must never be weaker than) comes from
 its spec file (`robench.attacks.relations`), never from names written here.
-The table needs the columns model, attack, norm, epsilon, accuracy (and n, seed, grey_share when
-known); rows of the pseudo-attack "jacobian_norm" are only read for grey_share. Pure pandas: no
-Foolbox, no torch.
+The table needs the columns model, attack, norm, epsilon, accuracy (and n, seed, protocol when
+known); the pseudo-attack "jacobian_norm" row of an evaluation is only read for its grey_share and
+distinct_predictions. Pure pandas: no Foolbox, no torch.
 """
 
 from __future__ import annotations
@@ -120,12 +120,22 @@ def _above_grey_share(rows: pd.DataFrame, tol: float, relations: dict) -> Findin
     }
 
 
+def _one_class(rows: pd.DataFrame, tol: float, relations: dict) -> Findings:
+    """A model that predicts one class for every clean input (diverged, or collapsed) cannot be
+    attacked, and its accuracy is that class's share at every ε: a number that looks like robustness
+    and is none. Every attacked row is flagged."""
+    if rows.attrs.get("distinct_predictions") != 1:
+        return {}
+    return {idx: "the model predicts one class for every clean input" for idx in rows.index[_eps_key(rows) > 0]}
+
+
 CHECKS: tuple[Check, ...] = (
     Check("rises_with_eps", _rises_with_eps),
     Check("weaker_than_declared", _weaker_than_declared),
     Check("above_clean", _above_clean),
     Check("noise_stronger_than_adversarial", _weaker_than_noise),
     Check("above_grey_share", _above_grey_share),
+    Check("one_class_for_every_input", _one_class),
 )
 
 
@@ -145,8 +155,9 @@ def _findings(df: pd.DataFrame, tolerance: float, relations: dict | None) -> lis
     for _, model_rows in df.groupby(by, sort=False):
         jac = model_rows[model_rows["attack"] == JACOBIAN]
         rows = model_rows[model_rows["attack"] != JACOBIAN].copy()
-        if "grey_share" in jac.columns and len(jac) and pd.notna(jac["grey_share"].iloc[-1]):
-            rows.attrs["grey_share"] = float(jac["grey_share"].iloc[-1])
+        for column in ("grey_share", "distinct_predictions"):
+            if column in jac.columns and len(jac) and pd.notna(jac[column].iloc[-1]):
+                rows.attrs[column] = float(jac[column].iloc[-1])
         if rows.empty:
             continue
         for check in CHECKS:

@@ -186,16 +186,19 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
 
 
 def _clean_row(model, x, y, base) -> dict:
-    """Clean correctness, each image's exact ||J||_F (pixel units) and the grey-image share."""
+    """Clean correctness, each image's exact ||J||_F (pixel units), the grey-image share and how many
+    distinct classes the model predicts (1: a degenerate model whose "robustness" is a class share)."""
     with torch.no_grad():
-        correct = torch.cat([model(x[i : i + 500]).argmax(1) == y[i : i + 500] for i in range(0, len(y), 500)])
+        preds = torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(y), 500)])
         grey = model(torch.full((1, *x.shape[1:]), 0.5, device=x.device)).argmax(1)
+    correct = preds == y
     norms = jacobian_norm(model, x).detach()
     correct, norms = correct.double().cpu().numpy(), norms.double().cpu().numpy()
     return {
         **base, "attack": JACOBIAN_ATTACK, "norm": "l2", "epsilon": 0.0, "spec_hash": "exact",
         "attack_params": json.dumps({"mode": "exact", "units": "pixel"}), "accuracy": float(correct.mean()),
-        "value": float(norms.mean()), "grey_share": float((y == grey).double().mean()), "timestamp": _now(),
+        "value": float(norms.mean()), "grey_share": float((y == grey).double().mean()),
+        "distinct_predictions": int(preds.unique().numel()), "timestamp": _now(),
         "_robust": correct, "_value": norms,
     }  # fmt: skip
 

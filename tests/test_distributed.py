@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from robench import checkpoint
 from robench.cli import cli
 from robench.distributed import batch_shard
-from robench.results import COLUMNS
+from robench.results import COLUMNS, outcomes
 
 DEADLINE_S = 120
 EVAL = ["--attack", "fgsm,pgd,cw", "--eps", "0,0.1", "--n", "110", "--batch-size", "25", "--device", "cpu",
@@ -107,30 +107,48 @@ def test_shards_are_contiguous_whole_batches(n, batch, size):
     assert max(counts) - min(counts) <= 1
 
 
-def test_sharded_eval_writes_the_rows_of_one_process(tmp_path, trained_run, one_thread):
-    """FGSM, PGD (random starts) and CW on 2 ranks (uneven shards: 2 and 3 batches, the last one short)."""
+def _comparable(rows: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in COLUMNS if c != "timestamp"]
+    return rows.sort_values(["attack", "norm", "epsilon"])[cols].reset_index(drop=True)
+
+
+def test_sharded_eval_writes_the_rows_and_outcomes_of_one_process(tmp_path, trained_run, one_thread):
+    """FGSM, PGD (random starts) and CW on 2 ranks; the store already holds one row, which is kept."""
     single, sharded = tmp_path / "single.csv", tmp_path / "sharded.csv"
     result = CliRunner().invoke(cli, ["eval", str(trained_run), *EVAL, "--out", str(single)])
     assert result.exit_code == 0, result.output
     reference = pd.read_csv(single)
-    # Resume: a row already present (with an old timestamp) must be kept, not recomputed.
-    kept = reference[(reference["attack"] == "pgd") & (reference["epsilon"] == 0.1)].assign(timestamp="kept")
-    kept.to_csv(sharded, index=False)
+    # Resume: a row already in the store must be kept, not recomputed.
+    first = CliRunner().invoke(cli, ["eval", str(trained_run), *EVAL[:-1], "--attack", "pgd", "--eps", "0.1",
+                                     "--quiet", "--out", str(sharded)])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    stamp = pd.read_csv(sharded).set_index("attack").loc["pgd", "timestamp"]
     # "--" keeps torchrun's own parser off robench's options (it would read --n as ambiguous).
     done = torchrun(["--", "eval", trained_run, *EVAL, "--out", sharded])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("pgd (linf, n=110)") == 1  # rank 0 alone prints the tables
     rows = pd.read_csv(sharded)
-    assert len(rows) == len(reference) == 1 + 3 * 2
-    assert rows.loc[(rows["attack"] == "pgd") & (rows["epsilon"] == 0.1), "timestamp"].item() == "kept"
-    cols = [c for c in COLUMNS if c != "timestamp"]
-    order = ["attack", "epsilon"]
-    pd.testing.assert_frame_equal(
-        rows.sort_values(order)[cols].reset_index(drop=True),
-        reference.sort_values(order)[cols].reset_index(drop=True),
-    )
+    assert len(rows) == len(reference) == 1 + 3 * 2 + 2  # clean, 3 attacks x 2 eps, worst case L∞ x 2 eps
+    assert rows.loc[(rows["attack"] == "pgd") & (rows["epsilon"] == 0.1), "timestamp"].item() == stamp
+    pd.testing.assert_frame_equal(_comparable(rows), _comparable(reference))
+    key = ["attack", "epsilon", "example"]
+    pd.testing.assert_frame_equal(outcomes(sharded).sort_values(key).reset_index(drop=True),
+                                  outcomes(single).sort_values(key).reset_index(drop=True))  # fmt: skip
     accuracy = rows.set_index(["attack", "epsilon"])["accuracy"]
     assert accuracy["pgd", 0.1] < accuracy["pgd", 0.0] - 0.2  # the attack did bite
+
+
+def test_any_n_shards_even_below_one_batch(tmp_path, trained_run, one_thread):
+    """150 images at the default --batch-size 500 on 2 processes: one chunk of 100 and one of 50."""
+    args = ["--attack", "pgd,cw", "--eps", "0,0.1,1", "--n", "150", "--device", "cpu", "--quiet"]
+    single, sharded = tmp_path / "single.csv", tmp_path / "sharded.csv"
+    result = CliRunner().invoke(cli, ["eval", str(trained_run), *args, "--out", str(single)])
+    assert result.exit_code == 0, result.output
+    done = torchrun(["--", "eval", trained_run, *args, "--out", sharded])
+    assert done.returncode == 0, done.stderr[-3000:]
+    pd.testing.assert_frame_equal(_comparable(pd.read_csv(sharded)), _comparable(pd.read_csv(single)))
+    key = ["attack", "epsilon", "example"]
+    assert outcomes(sharded).sort_values(key)["robust"].tolist() == outcomes(single).sort_values(key)["robust"].tolist()
 
 
 def test_ddp_training_matches_one_process_and_resume_is_a_no_op(tmp_path, one_thread):
@@ -173,8 +191,7 @@ def _bad_cases(tmp_path, trained_run):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     return [
-        (["eval", trained_run, "--attack", "fgsm", "--n", "1", "--device", "cpu"],
-         "2 processes but the first 1 test images"),
+        (["eval", trained_run, "--attack", "nosuch", "--n", "50", "--device", "cpu"], "unknown attack 'nosuch'"),
         (["eval", trained_run, "--attack", "fgsm", "--n", "50", "--device", "cpu", "--out", blocker / "r.csv"],
          "cannot write results"),
         (["train", "--model", "mlp", "--device", "cpu", "--out", trained_run], "already holds a run"),

@@ -20,6 +20,7 @@ from robench.sources import from_run
 from robench.train import TrainConfig, train
 
 ATTACKS = ("fgsm", "noise", "pgd")
+CURVES = ("worst_case_linf", *ATTACKS)
 
 
 def invoke(*args):
@@ -28,12 +29,14 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, trained_run):
-    """trained_run plus a second undefended model (another seed: a band of 2) and a JR model."""
+    """trained_run (its own recipe), two undefended models differing in the seed alone (a band of 2),
+    and a JR model."""
     root = tmp_path_factory.mktemp("report-runs")
     base = dict(model="mlp", epochs=1, lr=0.05, train_subset=1000, test_subset=100, norm_samples=50, device="cpu")
+    train(TrainConfig(**base, seed=0), root / "plain-seed0", show_progress=False)
     train(TrainConfig(**base, seed=1), root / "plain-seed1", show_progress=False)
     train(TrainConfig(**base, seed=0, jr=0.1), root / "jr", show_progress=False)
-    return [trained_run, root / "plain-seed1", root / "jr"]
+    return [trained_run, root / "plain-seed0", root / "plain-seed1", root / "jr"]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def report(csvs, tmp_path_factory):
 def test_report_writes_every_file_and_prints_the_summary(report):
     out, stdout = report
     names = {p.name for p in out.iterdir()}
-    assert names == {"summary.csv", "report.md", "report.html", *(f"{a}.png" for a in ATTACKS)}
+    assert names == {"summary.csv", "report.md", "report.html", *(f"{a}.png" for a in CURVES)}
     assert "clean accuracy" in stdout and "jr=0.1" in stdout and "plain-seed1" in stdout
 
 
@@ -67,8 +70,9 @@ def test_summary_equals_values_computed_from_the_rows(report, csvs, runs):
     out, _ = report
     summary = pd.read_csv(out / "summary.csv")
     rows = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
-    assert len(summary) == 3 and set(summary["model"]) == {str(r) for r in runs}
-    assert sorted(summary["defense"]) == ["jr=0.1", "none", "none"]
+    assert len(summary) == 4 and set(summary["model"]) == {str(r) for r in runs}
+    assert sorted(summary["defense"]) == ["jr=0.1", "none", "none", "none"]
+    assert [c for c in summary.columns if c.startswith("auc_")][0] == "auc_worst_case_linf"  # the headline first
     assert (summary["n"] == 100).all() and summary["cw_median_distance"].isna().all()
     for record in summary.to_dict("records"):
         mine = rows[rows["model"] == record["model"]]
@@ -76,8 +80,8 @@ def test_summary_equals_values_computed_from_the_rows(report, csvs, runs):
         assert len(jac) == 2  # one per CSV, merged into one summary row
         assert record["clean_accuracy"] == pytest.approx(jac["accuracy"].iloc[0], abs=1e-12)
         assert record["jacobian_norm"] == pytest.approx(jac["value"].iloc[0], rel=1e-12)
-        for attack in ATTACKS:
-            curve = mine[mine["attack"] == attack].sort_values("epsilon")
+        for attack in CURVES:
+            curve = mine[mine["attack"] == attack.removesuffix("_linf")].sort_values("epsilon")
             eps, acc = curve["epsilon"].to_numpy(), curve["accuracy"].to_numpy()
             assert record[f"auc_{attack}"] == pytest.approx(np.trapezoid(acc, eps) / (eps[-1] - eps[0]), abs=1e-12)
             eps50 = record[f"eps50_{attack}"]
@@ -94,11 +98,13 @@ def test_seeds_of_one_defense_become_a_mean_curve_with_a_std_band(csvs, runs):
     rows = select_rows(load_results(csvs))
     metas = {m: provenance(m) for m in rows["model"].unique()}
     curves = {c.label: c for c in attack_curves(rows, "pgd", metas)}
-    assert set(curves) == {"none (2 seeds)", "jr=0.1"}
+    # trained_run has another recipe (3 epochs, 3000 images): a curve of its own, never averaged in
+    assert set(curves) == {"none (2 seeds)", "none (mlp-plain)", "jr=0.1"}
     band, single = curves["none (2 seeds)"], curves["jr=0.1"]
-    assert band.k == 2 and single.k == 1 and single.std is None
+    assert band.k == 2 and single.k == 1 and single.std is None and curves["none (mlp-plain)"].k == 1
     raw = pd.concat([pd.read_csv(p) for p in csvs])
-    plain = raw[(raw["attack"] == "pgd") & (raw["defense"] == "none")].pivot(index="model", columns="epsilon", values="accuracy")
+    seeds = [str(r) for r in runs[1:3]]
+    plain = raw[(raw["attack"] == "pgd") & raw["model"].isin(seeds)].pivot(index="model", columns="epsilon", values="accuracy")
     np.testing.assert_allclose(band.eps, plain.columns.to_numpy())
     np.testing.assert_allclose(band.mean, plain.mean(axis=0).to_numpy())
     np.testing.assert_allclose(band.std, plain.std(axis=0, ddof=1).to_numpy())
@@ -108,21 +114,23 @@ def test_pngs_are_800_by_500(report):
     import matplotlib.image
 
     out, _ = report
-    for attack in ATTACKS:
+    for attack in CURVES:
         height, width = matplotlib.image.imread(out / f"{attack}.png").shape[:2]
         assert (width, height) == (800, 500), attack
 
 
 def test_markdown_embeds_plots_and_gives_provenance(report, runs):
     text = (report[0] / "report.md").read_text()
-    for attack in ATTACKS:
+    for attack in CURVES:
         assert f"![{attack}]({attack}.png)" in text and f"## {attack} (" in text
     assert "| mean of 2 | none (2 seeds) |" in text
     assert "training seed 1; defense none" in text and "defense jr=0.1" in text
     assert f"torch {torch.__version__}" in text and '"class":"LinfPGD"' in text
-    # trained_run (3 epochs, 3000 images) and plain-seed1 (1 epoch, 1000) share the label "none"
-    assert re.search(r"Models labelled `none` differ in more than their seed \(epochs, .*train_subset", text)
     assert "provenance unavailable" not in text
+    # the headline: JR against each undefended model, worst case, with interval, p-value and n
+    assert re.search(r"jr=0\.1 vs none, worst case L∞ ε=0\.1: [+-]\d+\.\d points \[-?\d+\.\d, -?\d+\.\d\], "
+                     r"p [<=] [\d.e-]+, n=100", text)  # fmt: skip
+    assert text.index("Did the defense help?") < text.index("## Summary")
 
 
 def test_html_is_self_contained(report):
@@ -131,8 +139,8 @@ def test_html_is_self_contained(report):
     for forbidden in ("http://", "https://", 'src="http', "<script", "<link"):
         assert forbidden not in page
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(uris) == len(ATTACKS)
-    assert {base64.b64decode(u) for u in uris} == {(out / f"{a}.png").read_bytes() for a in ATTACKS}
+    assert len(uris) == len(CURVES)
+    assert {base64.b64decode(u) for u in uris} == {(out / f"{a}.png").read_bytes() for a in CURVES}
     assert "<table>" in page and "none (2 seeds)" in page
 
 
@@ -142,10 +150,30 @@ def test_models_without_a_run_directory_and_repeated_csvs(tmp_path, csvs):
     moved.to_csv(tmp_path / "moved.csv", index=False)
     result = invoke("report", tmp_path / "moved.csv", tmp_path / "moved.csv", "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "r" / "report.md").read_text().count("provenance unavailable") == 3
+    assert (tmp_path / "r" / "report.md").read_text().count("provenance unavailable") == 4
     assert not (tmp_path / "r" / "report.html").exists()
     summary = pd.read_csv(tmp_path / "r" / "summary.csv")
-    assert len(summary) == 3 and "auc_noise" not in summary.columns
+    assert len(summary) == 4 and "auc_noise" not in summary.columns
+    # without a training config nothing says two models are seeds of one recipe: never banded
+    rows = select_rows(load_results([tmp_path / "moved.csv"]))
+    assert all(c.k == 1 for c in attack_curves(rows, "pgd", {}))
+
+
+def test_after_a_preset_change_only_the_new_rows_are_drawn(tmp_path, csvs):
+    """Rows of an older PGD preset (another spec_hash), earlier in the file, are kept but not drawn."""
+    new = pd.read_csv(csvs[0])
+    old = new[new["attack"] == "pgd"].assign(spec_hash="0ld0ld0ld0ld", accuracy=1.0)
+    pd.concat([old, new], ignore_index=True).to_csv(tmp_path / "both.csv", index=False)
+    rows = select_rows(load_results([tmp_path / "both.csv"]))
+    pgd = rows[rows["attack"] == "pgd"]
+    assert set(pgd["spec_hash"]) == set(new.loc[new["attack"] == "pgd", "spec_hash"])
+    result = invoke("report", tmp_path / "both.csv", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv")
+    reference = pd.read_csv(csvs[0])
+    for record in summary.to_dict("records"):
+        curve = reference[(reference["model"] == record["model"]) & (reference["attack"] == "pgd")]
+        assert record["auc_pgd"] == pytest.approx(auc(curve["epsilon"], curve["accuracy"]), abs=1e-12)
 
 
 def test_auc_and_eps50_on_hand_made_curves():

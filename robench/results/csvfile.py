@@ -8,7 +8,7 @@ have no per-example outcomes.
 Columns (documented in the README):
     model, dataset, defense, attack, norm, epsilon, accuracy, n, seed, attack_params,
     robench_version, timestamp, model_hash, spec_hash, value, flags,
-    ci_low, ci_high, protocol, grey_share, outcomes
+    ci_low, ci_high, protocol, grey_share, distinct_predictions, outcomes
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ LEGACY_COLUMNS = [
     "model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed",
     "attack_params", "robench_version", "timestamp", "model_hash", "spec_hash", "value", "flags",
 ]  # fmt: skip
-NEW_COLUMNS = ["ci_low", "ci_high", "protocol", "grey_share", "outcomes"]
+NEW_COLUMNS = ["ci_low", "ci_high", "protocol", "grey_share", "distinct_predictions", "outcomes"]
 COLUMNS = LEGACY_COLUMNS + NEW_COLUMNS
 TEXT_COLUMNS = {"model_hash": str, "spec_hash": str, "model": str, "flags": str}  # never guessed as numbers
 KEY = ["model_hash", "attack", "spec_hash", "epsilon", "n", "seed", "protocol"]
@@ -69,7 +69,7 @@ def complete(df: pd.DataFrame, *, where: str) -> pd.DataFrame:
         df[column] = numbers
     for column in ("n", "seed", "protocol"):
         df[column] = df[column].astype("int64")
-    for column in ("value", "ci_low", "ci_high", "grey_share", "outcomes"):
+    for column in ("value", "ci_low", "ci_high", "grey_share", "distinct_predictions", "outcomes"):
         df[column] = pd.to_numeric(df[column], errors="coerce")
     df["outcomes"] = df["outcomes"].fillna(0).astype("int64")
     for column in ("model", "dataset", "defense", "attack", "norm", "model_hash", "spec_hash", "attack_params",

@@ -46,7 +46,7 @@ MIGRATIONS = {  # version -> statements; applied in order to bring an older data
             epsilon REAL NOT NULL, accuracy REAL, n INTEGER NOT NULL, seed INTEGER NOT NULL,
             attack_params TEXT, robench_version TEXT, timestamp TEXT, model_hash TEXT NOT NULL,
             spec_hash TEXT NOT NULL, value REAL, flags TEXT NOT NULL DEFAULT '',
-            ci_low REAL, ci_high REAL, protocol INTEGER NOT NULL, grey_share REAL,
+            ci_low REAL, ci_high REAL, protocol INTEGER NOT NULL, grey_share REAL, distinct_predictions INTEGER,
             eps_key REAL NOT NULL, derived INTEGER NOT NULL DEFAULT 0,
             UNIQUE (model_hash, attack, spec_hash, eps_key, n, seed, protocol))""",
         "CREATE INDEX IF NOT EXISTS rows_by_evaluation ON rows (model_hash, n, seed, protocol)",
