@@ -18,6 +18,8 @@ on it; its rows keep their meaning (protocol 1) and have no outcomes.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 import sqlite3
@@ -47,7 +49,7 @@ MIGRATIONS = {  # version -> statements; applied in order to bring an older data
             attack_params TEXT, robench_version TEXT, timestamp TEXT, model_hash TEXT NOT NULL,
             spec_hash TEXT NOT NULL, value REAL, flags TEXT NOT NULL DEFAULT '',
             ci_low REAL, ci_high REAL, protocol INTEGER NOT NULL, grey_share REAL, distinct_predictions INTEGER,
-            eps_key REAL NOT NULL, derived INTEGER NOT NULL DEFAULT 0,
+            eps_key REAL NOT NULL, derived INTEGER NOT NULL DEFAULT 0, csv_line TEXT,
             UNIQUE (model_hash, attack, spec_hash, eps_key, n, seed, protocol))""",
         "CREATE INDEX IF NOT EXISTS rows_by_evaluation ON rows (model_hash, n, seed, protocol)",
         """CREATE TABLE IF NOT EXISTS outcomes (
@@ -89,7 +91,7 @@ class ResultsStore:
 
         self.csv_path, self.db_path = store_paths(path)
         self.relations = spec_relations() if relations is None else relations
-        self._dirty, self._last_export = False, 0.0
+        self._dirty, self._last_export = False, time.monotonic()
         try:
             self.conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -142,6 +144,7 @@ class ResultsStore:
         groups = {self._insert(row) for row in rows} - {None}
         for group in groups:
             self._refresh(group)
+            self._relines(group)
         self._dirty = True
 
     # -- writing ------------------------------------------------------------------------------
@@ -157,6 +160,7 @@ class ResultsStore:
             new = {g for g in inserted if g is not None}
             for group in new:
                 self._refresh(group)
+                self._relines(group)
         if new:
             self._dirty = True
         if export or (export is None and self._dirty and time.monotonic() - self._last_export >= EXPORT_INTERVAL_S):
@@ -277,11 +281,28 @@ class ResultsStore:
         return [r for g in groups for r in self._group_rows(tuple(g), with_outcomes=True)]
 
     # -- the CSV ------------------------------------------------------------------------------
+    def _relines(self, group: tuple) -> None:
+        """Store each row's CSV line (inside the transaction that changed its evaluation), so an export
+        is one scan of ready text: the one step whose cost grows with the store stays cheap."""
+        sql = (f"SELECT r.id, {', '.join('r.' + c for c in ROW_FIELDS)}, COALESCE(o.count, 0) FROM rows r "
+               "LEFT JOIN outcomes o ON o.row_id = r.id "
+               "WHERE r.model_hash = ? AND r.n = ? AND r.seed = ? AND r.protocol = ?")  # fmt: skip
+        for row_id, *values in self.conn.execute(sql, group).fetchall():
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerow(values)
+            self.conn.execute("UPDATE rows SET csv_line = ? WHERE id = ?", (buffer.getvalue(), row_id))
+
     def export(self) -> None:
         """Rewrite the CSV from the database, atomically, holding the write lock (newest state wins)."""
+        header = ",".join(COLUMNS) + "\n"
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                handle.write(header)
+                handle.writelines(line for (line,) in self.conn.execute("SELECT csv_line FROM rows ORDER BY id"))
+
         with self._write():
-            df = self.table()
-            write_atomic(self.csv_path, lambda tmp: df.to_csv(tmp, index=False))
+            write_atomic(self.csv_path, write)
         self._dirty, self._last_export = False, time.monotonic()
 
     def close(self) -> None:
