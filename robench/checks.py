@@ -120,6 +120,23 @@ def _above_grey_share(rows: pd.DataFrame, tol: float, relations: dict) -> Findin
     }
 
 
+def _weaker_than_worst_case(rows: pd.DataFrame, tol: float, relations: dict) -> Findings:
+    """An iterative attack (PGD, CW) more than `tol` above the worst case over the ensemble at its ε
+    understates the threat: the user should report the worst case, not this row."""
+    worst = rows[rows["attack"] == "worst_case"].assign(_eps=lambda r: _eps_key(r))
+    if worst.empty:
+        return {}
+    found = {}
+    level = {(n, e): a for n, e, a in zip(worst["norm"], worst["_eps"], worst["accuracy"])}
+    for idx, row in rows.assign(_eps=_eps_key(rows)).iterrows():
+        if row["attack"] == "worst_case" or not _relation(relations, row["attack"]).iterative:
+            continue
+        w = level.get((row["norm"], row["_eps"]))
+        if w is not None and row["accuracy"] > w + tol:
+            found[idx] = f"accuracy {row['accuracy']:.3f} is above the worst case over attacks, {w:.3f}"
+    return found
+
+
 def _one_class(rows: pd.DataFrame, tol: float, relations: dict) -> Findings:
     """A model that predicts one class for every clean input (diverged, or collapsed) cannot be
     attacked, and its accuracy is that class's share at every ε: a number that looks like robustness
@@ -136,6 +153,7 @@ CHECKS: tuple[Check, ...] = (
     Check("noise_stronger_than_adversarial", _weaker_than_noise),
     Check("above_grey_share", _above_grey_share),
     Check("one_class_for_every_input", _one_class),
+    Check("weaker_than_worst_case", _weaker_than_worst_case),
 )
 
 

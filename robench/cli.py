@@ -126,7 +126,8 @@ def show(runs: tuple[str, ...]) -> None:
 @cli.command(name="eval")
 @click.argument("models", nargs=-1, type=click.Path())
 @click.option("--attack", "attacks", default=EVAL_DEFAULTS.attacks,
-              help="Comma-separated attack names (files in attacks/), or 'all'.")
+              help="Comma-separated attack or suite names (files in attacks/; see `robench attacks`), "
+                   "'default' (noise,fgsm,pgd,cw,autoattack) or 'all'.")
 @click.option("--eps", default=None, help="Epsilon list overriding the attacks' grids, e.g. '0,0.1,0.3' or '0,8/255'.")
 @click.option("--n", type=int, default=None, help="Evaluate the first N test images (default: all).")
 @click.option("--batch-size", type=int, default=EVAL_DEFAULTS.batch_size)
@@ -190,6 +191,27 @@ def report(results: tuple[str, ...], out_dir: str, fmt: str) -> None:
     click.echo(f"wrote {', '.join(p.name for p in written.files)} to {out_dir}")
 
 
+
+
+@cli.command(name="attacks")
+def attacks_command() -> None:
+    """List the attack specs and suites in attacks/: engine, class, norm, kind, spec hash."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .attacks.suites import DEFAULT, resolve
+
+    table = Table(title="attacks (files in attacks/); --attack default = " + ",".join(DEFAULT))
+    for column in ("name", "engine", "class", "norm", "kind", "spec hash"):
+        table.add_column(column)
+    for item in resolve("all"):
+        if item.kind == "suite":
+            table.add_row(item.name, "suite", " > ".join(m.name for m in item.members), item.norm, "cascade",
+                          item.spec_hash)  # fmt: skip
+        else:
+            kind = item.kind + (" (baseline)" if item.role == "baseline" else "")
+            table.add_row(item.name, item.engine, item.class_name, item.norm, kind, item.spec_hash)
+    Console(width=max(100, Console().width)).print(table)
 
 
 @cli.command()

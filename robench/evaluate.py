@@ -36,8 +36,8 @@ from .attacks import (
     fixed_eps_accuracy,
     foolbox_model,
     minimal_distances,
-    resolve_attacks,
 )
+from .attacks.suites import Suite, resolve
 from .data import load_dataset, to_unit_float
 from .devices import configure_tf32
 from .errors import RobenchError
@@ -52,7 +52,8 @@ class EvalConfig:
     """What to evaluate and how; defaults shown by `robench eval --help`.
 
     Args:
-        attacks: comma-separated attack names, or "all".
+        attacks: comma-separated attack or suite names; "default" (noise, FGSM, PGD, CW and the
+            AutoAttack suite) or "all" (every attack and suite).
         eps: epsilon grid overriding each attack's default grid for the dataset.
         n: evaluate the first n test images (None: the whole test set).
         batch_size: images per attack call for attacks that treat examples independently (FGSM,
@@ -64,7 +65,7 @@ class EvalConfig:
         tf32: allow TF32 matmuls and convolutions on CUDA (robench's default; off for full fp32).
     """
 
-    attacks: str = "all"
+    attacks: str = "default"
     eps: tuple[float, ...] | None = None
     n: int | None = None
     batch_size: int = 500
@@ -143,7 +144,7 @@ def evaluate(
 
 def _plan(sources, config: EvalConfig, out, world: distributed.World):
     """Attack specs and (source, CSV path, eps grids) per model; rank 0 alone probes the paths."""
-    specs = resolve_attacks(config.attacks)
+    specs = resolve(config.attacks)
     plans = []
     for source in sources() if callable(sources) else sources:
         path = Path(out or default_out(source.dataset))
@@ -180,7 +181,7 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
                      "attack_params": spec.params_json}  # fmt: skip
         size = shard[1] - shard[0]
         task = progress.add_task(f"{Path(source.name).name}: {spec.name}", total=max(1, len(todo) * size), status="")
-        run = _run_minimization if spec.kind == "minimization" else _run_fixed
+        run = {"minimization": _run_minimization, "fixed": _run_fixed, "suite": _run_suite}[spec.kind]
         run(spec, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task)
     return store.table([source.model_hash]) if world.is_main else pd.DataFrame()
 
@@ -248,6 +249,77 @@ def _run_minimization(spec, fmodel, x, y, shard, todo, spec_base, config, store,
                                        indices=torch.arange(start, stop)))  # fmt: skip
         progress.update(task, advance=(stop - start) * len(todo))
     world.collect(torch.cat(parts), lambda shards: store.add(_distance_rows(torch.cat(shards), todo, spec_base)))
+
+
+def _run_suite(suite: Suite, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task) -> None:
+    """The cascade (see `robench.attacks.suites`): each member on the survivors of the earlier ones,
+    the ε grid in increasing order; at every ε to do, one row per member (robust so far) and the
+    suite's row, written by rank 0. An ε already in the store gives its survivors to the next one."""
+    lo, hi = shard
+    with torch.no_grad():
+        alive = torch.cat([torch.zeros(0, dtype=torch.bool)] + [
+            (fmodel(x[a:b]).argmax(1) == y[a:b]).cpu() for a, b in _batches_of(lo, hi, config.batch_size)])
+    distances: dict[str, torch.Tensor] = {}
+    grid = sorted(set(todo) | {e for e in _grid(suite, config, spec_base["dataset"]) if e < max(todo)})
+    for eps in grid:
+        if eps not in todo:  # done earlier: its survivors, from the store
+            stored = world.on_main(lambda: store.robust_vector({**spec_base, "epsilon": eps}))
+            if stored is not None:
+                alive &= torch.as_tensor(stored[lo:hi] >= 1)
+            continue
+        progress.update(task, status=f"eps={eps:g}")
+        after = []
+        for member in suite.members:
+            if eps > 0 and alive.any():
+                alive &= ~_member_broken(member, fmodel, x, y, shard, eps, alive, config, distances)
+            after.append(alive.double())
+        progress.update(task, advance=hi - lo)
+        world.collect(after, lambda parts: store.add(_suite_rows(suite, parts, eps, spec_base)))
+
+
+def _member_broken(member, fmodel, x, y, shard, eps, alive, config, distances) -> torch.Tensor:
+    """Which of the shard's examples `member` breaks at ε, attacking only where it must: survivors
+    alone for per-example attacks, whole fixed chunks holding a survivor for the others."""
+    lo, hi = shard
+    broken = torch.zeros(hi - lo, dtype=torch.bool)
+    if member.kind == "minimization":  # one run gives every ε: computed once, on chunks with survivors
+        d = distances.setdefault(member.name, torch.full((hi - lo,), float("nan"), dtype=torch.float64))
+        for a, b in _batches(member, shard, CHUNK):
+            if alive[a - lo : b - lo].any() and torch.isnan(d[a - lo : b - lo]).any():
+                d[a - lo : b - lo] = minimal_distances(member, fmodel, x[a:b], y[a:b], seed=config.seed,
+                                                       indices=torch.arange(a, b))  # fmt: skip
+        return alive & (d <= eps)
+    if member.per_example:
+        where = alive.nonzero().flatten() + lo
+        for k in range(0, len(where), config.batch_size):
+            idx = where[k : k + config.batch_size]
+            robust = fixed_eps_accuracy(member, fmodel, x[idx.to(x.device)], y[idx.to(y.device)], eps,
+                                        seed=config.seed, indices=idx)  # fmt: skip
+            broken[idx - lo] = robust < 1
+        return broken
+    for a, b in _batches(member, shard, CHUNK):
+        if alive[a - lo : b - lo].any():
+            robust = fixed_eps_accuracy(member, fmodel, x[a:b], y[a:b], eps, seed=config.seed,
+                                        indices=torch.arange(a, b))  # fmt: skip
+            broken[a - lo : b - lo] = robust < 1
+    return broken & alive
+
+
+def _suite_rows(suite: Suite, parts: list, eps: float, spec_base: dict) -> list[dict]:
+    """Rows of one ε: after each member (`<suite>.<member>`) and the suite's own (after all of them)."""
+    per_member = [torch.cat([p[k] for p in parts]).numpy() for k in range(len(suite.members))]
+    rows = []
+    for member, robust in zip(suite.members, per_member):
+        rows.append({**spec_base, "attack": suite.member_row_name(member), "epsilon": eps,
+                     "spec_hash": member.spec_hash, "attack_params": member.params_json,
+                     "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust})  # fmt: skip
+    rows.append({**spec_base, "epsilon": eps, "accuracy": float(per_member[-1].mean()), "timestamp": _now(),
+                 "_robust": per_member[-1]})  # fmt: skip
+    return rows
+
+
+def _batches_of(lo: int, hi: int, size: int):
+    return [(a, min(a + size, hi)) for a in range(lo, hi, size)]
 
 
 def _distance_rows(distances: torch.Tensor, todo: list[float], spec_base: dict) -> list[dict]:

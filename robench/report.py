@@ -39,7 +39,7 @@ from .errors import RobenchError
 from .fileio import ensure_writable_dir, write_atomic, write_text_atomic
 from .plots import Curve
 from .results import JACOBIAN_ATTACK, read_results
-from .results.select import curve_order, current_rows, with_curve_names
+from .results.select import curve_order, current_rows, headline, optimality, with_curve_names
 
 REQUIRED = ("model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed", "model_hash")
 FORMATS = ("md", "html")
@@ -112,7 +112,7 @@ def eps_below(eps: Any, accuracy: Any, level: float = LEVEL) -> float:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """The summary table (see the module docstring), one row per model, numbers as numbers."""
-    rows = select_rows(df)
+    rows = headline(select_rows(df))
     attacks = curve_order(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK)
     with_values = {a for a in attacks if rows.loc[rows["attack"] == a, "value"].notna().any()}
     distance_attacks = sorted(set(DISTANCE_ATTACKS) | (with_values - {a for a in attacks if a.startswith("worst_case")}))
@@ -135,6 +135,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             sub = by_attack.get(attack, group.iloc[:0])
             record[f"auc_{attack}"] = auc(sub["epsilon"], sub["accuracy"])
             record[f"eps50_{attack}"] = eps_below(sub["epsilon"], sub["accuracy"]) if len(sub) else math.nan
+        for attack in (a for a in attacks if not a.startswith("worst_case")):
+            sub = by_attack.get(attack, group.iloc[:0])
+            worst = by_attack.get(f"worst_case_{sub['norm'].iloc[0]}") if len(sub) else None
+            found = optimality(sub, worst, record["clean_accuracy"]) if worst is not None else {}
+            record[f"optimality_{attack}"] = float(np.mean(list(found.values()))) if found else math.nan
         record["flags"] = ";".join(sorted({f for fl in group["flags"] for f in str(fl).split(";") if f}))
         records.append(record)
     return pd.DataFrame(records)
@@ -230,7 +235,7 @@ def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         raise RobenchError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     df = load_results(paths)
     out = _writable_dir(out_dir)
-    rows, summary = select_rows(df), summarize(df)
+    rows, summary = headline(select_rows(df)), summarize(df)
     metas = {m: provenance(m) for m in rows["model"].unique()}
     files = [out / "summary.csv"]
     write_atomic(files[0], lambda tmp: summary.to_csv(tmp, index=False))

@@ -8,7 +8,7 @@ import pandas as pd
 from rich.table import Table
 
 from .results import JACOBIAN_ATTACK, WORST_CASE
-from .results.select import curve_order, current_rows, with_curve_names
+from .results.select import curve_order, current_rows, headline, with_curve_names
 
 
 def _label(model: str) -> str:
@@ -35,7 +35,7 @@ def attack_tables(df: pd.DataFrame) -> list[Table]:
     for column in ("ci_low", "ci_high"):
         if column not in df.columns:
             df = df.assign(**{column: math.nan})
-    rows_now = with_curve_names(current_rows(df)) if len(df) else df
+    rows_now = headline(with_curve_names(current_rows(df))) if len(df) else df
     attacks = rows_now[rows_now["attack"] != JACOBIAN_ATTACK]
     groups = dict(tuple(attacks.groupby("attack", sort=False)))
     for attack in curve_order(groups):

@@ -205,7 +205,7 @@ def test_epsilons_read_back_from_csv_still_match(tmp_path):
 def test_checks_are_table_driven_and_missing_columns_refused():
     assert [c.name for c in CHECKS] == [
         "rises_with_eps", "weaker_than_declared", "above_clean",
-        "noise_stronger_than_adversarial", "above_grey_share", "one_class_for_every_input",
+        "noise_stronger_than_adversarial", "above_grey_share", "one_class_for_every_input", "weaker_than_worst_case",
     ]  # fmt: skip
     with pytest.raises(RobenchError, match="norm"):
         flag_rows(pd.DataFrame({"model": ["m"], "attack": ["pgd"], "epsilon": [0.1], "accuracy": [0.5]}))

@@ -220,3 +220,21 @@ def test_checks_on_real_rows(tmp_path, trained_run):
     const = rows[rows["model"].str.startswith("mlp:") & (rows["epsilon"] > 0)]
     assert len(const) and const["flags"].str.contains("one_class_for_every_input").all()
     assert "one_class_for_every_input" in result.output
+
+
+def test_a_smaller_evaluation_reads_the_first_outcomes_of_larger_ones(tmp_path, trained_run):
+    """PGD on 120 images and FGSM on 60: the worst case on the first 60 combines both, and equals the
+    AND of FGSM with PGD's first 60 outcomes (which do not depend on how many images PGD ran on)."""
+    out, alone = tmp_path / "mixed.csv", tmp_path / "alone.csv"
+    common = ["--eps", "0,0.1", "--device", "cpu", "--quiet"]
+    assert invoke("eval", trained_run, "--attack", "pgd", "--n", "120", *common, "--out", out).exit_code == 0
+    assert invoke("eval", trained_run, "--attack", "fgsm", "--n", "60", *common, "--out", out).exit_code == 0
+    assert invoke("eval", trained_run, "--attack", "pgd", "--n", "60", *common, "--out", alone).exit_code == 0
+    per = outcomes(out)
+    pgd120 = per[(per["attack"] == "pgd") & (per["epsilon"] == 0.1)].sort_values("example")["robust"].to_numpy()
+    pgd60 = outcomes(alone).query("attack == 'pgd' and epsilon == 0.1").sort_values("example")["robust"].to_numpy()
+    np.testing.assert_array_equal(pgd120[:60], pgd60)
+    fgsm = per[(per["attack"] == "fgsm") & (per["epsilon"] == 0.1)].sort_values("example")["robust"].to_numpy()
+    worst = read_results(out).query("attack == 'worst_case' and epsilon == 0.1")
+    assert worst["n"].tolist() == [60]
+    assert worst["accuracy"].item() == pytest.approx(((fgsm >= 1) & (pgd60 >= 1)).mean())

@@ -6,7 +6,8 @@ as broken when any fixed-ε attack broke it at ε, or when a minimization attack
 adversarial at distance ≤ ε (so CW's distances fold into every ε, on its grid or not). Baselines
 (noise, `role = "baseline"` in its spec) are not adversaries and never join. Only the latest spec of
 each attack takes part, and only rows that kept their outcomes. A row needs two or more attacks at its
-ε; it is recomputed whenever another attack's row joins the evaluation.
+ε; it is recomputed whenever another attack's row joins the evaluation. Rows of the same model, seed
+and protocol on more images join with their first n outcomes (which do not depend on n).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def worst_case_rows(rows: list[dict[str, Any]], relations: dict) -> list[dict[st
             if len(joined) < 2:
                 continue
             robust = np.logical_and.reduce(parts).astype(float)
-            template = (at_eps or list(minimizers.values()))[0]
+            template = rows[-1] if rows else (at_eps or list(minimizers.values()))[0]
             out.append({
                 **{k: template[k] for k in ("model", "dataset", "defense", "n", "seed", "model_hash", "protocol",
                                             "robench_version")},

@@ -3,11 +3,15 @@
 Of each (model, attack, norm), only the latest spec and protocol are current (those of its last
 row: after a preset changes, or robench's protocol is bumped, old rows stay in the store but are no
 longer drawn); of those, the evaluation on the most images, then the last seed; of duplicate ε rows,
-the last. The worst case of each norm is shown as its own curve, `worst_case_<norm>`, first.
+the last. Of the worst cases (one per evaluation size: a smaller evaluation's worst case also reads
+the first outcomes of larger ones), the one combining the most attacks, then the most images. The worst case of each norm is shown as its own curve, `worst_case_<norm>`, first.
 """
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 
 from .csvfile import WORST_CASE
@@ -22,11 +26,55 @@ def current_rows(df: pd.DataFrame) -> pd.DataFrame:
     protocol = df["protocol"] if "protocol" in df.columns else pd.Series(1, index=df.index)
     df = df.assign(_version=protocol.astype(str) + ":" + df["spec_hash"].astype(str))
     by = ["model_hash", "attack", "norm"]
-    df = df[df["_version"] == df.groupby(by)["_version"].transform("last")]
+    worst = df["attack"] == WORST_CASE
+    # a worst case is current when it combines the most attacks (then: the most images); others by age
+    members = df["attack_params"].map(_member_count) if "attack_params" in df.columns else 0
+    df = df.assign(_members=np.where(worst, members, 0))
+    df = df.assign(_best=df.groupby(["model_hash", "norm", "n", "spec_hash"])["_members"].transform("max"))
+    top = df[worst].groupby(["model_hash", "norm"])["_best"].transform("max") if worst.any() else None
+    if top is not None:
+        df = df[~worst | (df["_best"] == top.reindex(df.index))]
+        worst = df["attack"] == WORST_CASE
+        largest = df[worst].groupby(["model_hash", "norm"])["n"].transform("max")
+        df = df[~worst | (df["n"] == largest.reindex(df.index))]
+    df = df[(df["attack"] == WORST_CASE) | (df["_version"] == df.groupby(by)["_version"].transform("last"))]
     df = df[df["n"] == df.groupby(by)["n"].transform("max")]
     df = df[df["seed"] == df.groupby(by)["seed"].transform("last")]
     df = df.drop_duplicates(by + ["_eps"], keep="last")
-    return df.assign(epsilon=df["_eps"]).drop(columns=["_eps", "_order", "_version"]).reset_index(drop=True)
+    return df.assign(epsilon=df["_eps"]).drop(columns=["_eps", "_order", "_version", "_members", "_best"]
+                                               ).reset_index(drop=True)  # fmt: skip
+
+
+def _member_count(params: str) -> int:
+    try:
+        return len(json.loads(params).get("attacks", {}))
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
+def is_cascade_step(attack: str) -> bool:
+    """`<suite>.<member>` rows: robust accuracy partway through a cascade (kept in the CSV, not drawn)."""
+    return "." in attack
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows worth a figure or a table: everything but the cascade's intermediate steps."""
+    return df[~df["attack"].map(is_cascade_step)] if len(df) else df
+
+
+def optimality(rows: pd.DataFrame, worst: pd.DataFrame, clean: float) -> dict[float, float]:
+    """AttackBench's optimality of one attack (Cinà et al. 2024), per ε > 0: of the clean-correct
+    examples the worst case breaks, the fraction this attack breaks too (1.0: as strong as the
+    whole ensemble). Every example an attack of the ensemble breaks is broken by the worst case, so
+    this is (clean - attack accuracy) / (clean - worst-case accuracy); ε where the worst case breaks
+    nothing are left out."""
+    out = {}
+    by_eps = dict(zip(worst["epsilon"].round(9), worst["accuracy"]))
+    for eps, acc in zip(rows["epsilon"].round(9), rows["accuracy"]):
+        w = by_eps.get(eps)
+        if eps > 0 and w is not None and clean - w > 1e-12:
+            out[float(eps)] = float(min(1.0, max(0.0, (clean - acc) / (clean - w))))
+    return out
 
 
 def curve_name(attack: str, norm: str) -> str:

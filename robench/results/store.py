@@ -158,7 +158,7 @@ class ResultsStore:
         with self._write():
             inserted = [self._insert(dict(row)) for row in rows]
             new = {g for g in inserted if g is not None}
-            for group in new:
+            for group in sorted(self._affected(new)):
                 self._refresh(group)
                 self._relines(group)
         if new:
@@ -191,6 +191,35 @@ class ResultsStore:
                               (cursor.lastrowid, len(robust), pack(robust), pack(distance), pack(value)))  # fmt: skip
         return (str(row["model_hash"]), int(row["n"]), int(row["seed"]), int(row["protocol"]))
 
+    def _affected(self, groups: set[tuple]) -> set[tuple]:
+        """The evaluations a new row can change: its own, and those of the same model, seed and
+        protocol on fewer images (their worst case reads the first n outcomes of larger evaluations)."""
+        out = set(groups)
+        for model_hash, n, seed, protocol in groups:
+            for (smaller,) in self.conn.execute("SELECT DISTINCT n FROM rows WHERE model_hash=? AND seed=? AND "
+                                                "protocol=? AND n<?", (model_hash, seed, protocol, n)):  # fmt: skip
+                out.add((model_hash, int(smaller), seed, protocol))
+        return out
+
+    def _prefix_rows(self, group: tuple) -> list[dict[str, Any]]:
+        """Rows of the same model, seed and protocol on at least n images, outcomes cut to the first n.
+
+        Random starts and noise are drawn per example and attacks that couple examples run on fixed
+        chunks of the index, so the first n outcomes of a larger evaluation are exactly what an
+        evaluation of the first n images gives: they may join its worst case.
+        """
+        model_hash, n, seed, protocol = group
+        larger = [g[0] for g in self.conn.execute("SELECT DISTINCT n FROM rows WHERE model_hash=? AND seed=? AND "
+                                                  "protocol=? AND n>?", (model_hash, seed, protocol, n))]  # fmt: skip
+        rows = [r for m in sorted(larger) for r in self._group_rows((model_hash, m, seed, protocol), with_outcomes=True)
+                if not r["derived"] and r["attack"] != JACOBIAN_ATTACK]  # fmt: skip
+        for r in rows:
+            r["n"] = n
+            for key in ("_robust", "_distance"):
+                if r[key] is not None:
+                    r[key] = r[key][:n]
+        return rows
+
     def _group_rows(self, group: tuple, *, with_outcomes: bool) -> list[dict[str, Any]]:
         blobs = ", o.robust, o.distance, o.value" if with_outcomes else ", NULL, NULL, NULL"
         cursor = self.conn.execute(
@@ -212,7 +241,8 @@ class ResultsStore:
         from .stats import proportion_ci
 
         rows = self._group_rows(group, with_outcomes=True)
-        wanted = {(r["norm"], eps_key(r["epsilon"])): r for r in worst_case_rows(rows, self.relations)}
+        members = self._prefix_rows(group) + rows  # this evaluation's own rows last: they are the latest
+        wanted = {(r["norm"], eps_key(r["epsilon"])): r for r in worst_case_rows(members, self.relations)}
         for old in (r for r in rows if r["derived"]):
             key = (old["norm"], eps_key(old["epsilon"]))
             if key not in wanted or wanted[key]["spec_hash"] != old["spec_hash"]:
@@ -241,6 +271,16 @@ class ResultsStore:
         cursor = self.conn.execute("SELECT attack, spec_hash, eps_key FROM rows WHERE model_hash=? AND n=? AND "
                                    "seed=? AND protocol=?", (model_hash, int(n), int(seed), int(protocol)))  # fmt: skip
         return {(a, s, float(e)) for a, s, e in cursor.fetchall()}
+
+    def robust_vector(self, row: dict[str, Any]):
+        """The per-example `robust` outcomes of the row with `row`'s key, or None."""
+        found = self.conn.execute(
+            "SELECT o.robust FROM rows r JOIN outcomes o ON o.row_id = r.id WHERE r.model_hash=? AND r.attack=? "
+            "AND r.spec_hash=? AND r.eps_key=? AND r.n=? AND r.seed=? AND r.protocol=?",
+            (row["model_hash"], row["attack"], row["spec_hash"], eps_key(row["epsilon"]), int(row["n"]),
+             int(row["seed"]), int(row["protocol"])),
+        ).fetchone()  # fmt: skip
+        return None if found is None else unpack(found[0])
 
     def table(self, model_hashes: Iterable[str] | None = None) -> pd.DataFrame:
         """The result rows (all, or of some models) as the CSV has them, in insertion order."""

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .errors import RobenchError
+from ..errors import RobenchError
 
 try:
     import tomllib
@@ -30,8 +30,9 @@ except ModuleNotFoundError:  # Python < 3.11
 
 SPEC_PACKAGE = "robench.attack_specs"
 NORMS = {2.0: "l2", math.inf: "linf"}  # Foolbox LpDistance.p -> our name
-REQUIRED_KEYS = ("name", "description", "foolbox_class", "params", "norm", "eps")
-OPTIONAL_KEYS = ("repeats", "role", "stronger_than")
+REQUIRED_KEYS = ("name", "description", "params", "norm", "eps")
+OPTIONAL_KEYS = ("repeats", "role", "stronger_than", "engine", "class", "foolbox_class")
+ENGINES = ("foolbox", "torchattacks")
 ROLES = ("adversarial", "baseline")  # baseline: not an adversary (noise); excluded from the worst case
 # Attacks whose outcome couples the examples of one call (CW's abort_early looks at the batch's summed
 # loss) or that draw randomness robench cannot give per example run on these fixed chunks of the
@@ -73,11 +74,19 @@ class AttackSpec:
     stronger_than: tuple[str, ...] = ()
     per_example: bool = False
     iterative: bool = False
+    engine: str = "foolbox"
+
+    @property
+    def class_name(self) -> str:
+        """The attack class in its engine (`foolbox_class` keeps its old name for Foolbox specs)."""
+        return self.foolbox_class
 
     @property
     def params_json(self) -> str:
         """Canonical JSON of everything that changes the attack's numbers (not name or grids)."""
         payload = {"class": self.foolbox_class, "params": self.params, "repeats": self.repeats}
+        if self.engine != "foolbox":  # Foolbox specs keep the hashes they had before engines existed
+            payload["engine"] = self.engine
         return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -94,7 +103,10 @@ class AttackSpec:
         return list(self.eps[dataset])
 
     def build(self) -> Any:
-        """A fresh Foolbox attack instance."""
+        """A fresh Foolbox attack instance (torchattacks attacks are built around a model: see
+        `robench.attacks.torchattacks_engine`)."""
+        if self.engine != "foolbox":
+            raise RobenchError(f"attack {self.name!r} runs on {self.engine}, not Foolbox")
         return _foolbox_class(self.foolbox_class)(**self.params)
 
 
@@ -117,7 +129,7 @@ def _spec_dir(directory: str | Path | None) -> Path | Any:
 
         return files(SPEC_PACKAGE)
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "attacks"
+        return Path(__file__).resolve().parents[2] / "attacks"
 
 
 def load_specs(directory: str | Path | None = None) -> dict[str, AttackSpec]:
@@ -133,6 +145,8 @@ def load_specs(directory: str | Path | None = None) -> dict[str, AttackSpec]:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise RobenchError(f"attack spec {file.name}: not valid TOML ({exc})") from None
+        if "suite" in data:  # a suite of attacks (robench.attacks.suites), not an attack
+            continue
         spec = _parse_spec(data, stem=file.name[: -len(".toml")], where=f"attack spec {file.name}")
         specs[spec.name] = spec
     if not specs:
@@ -156,15 +170,27 @@ def _parse_spec(data: dict, *, stem: str, where: str) -> AttackSpec:
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise RobenchError(f"{where}: repeats must be a positive integer, got {repeats!r}")
     eps = {dataset: _parse_grid(grid, f"{where}: eps.{dataset}") for dataset, grid in data["eps"].items()}
-    kind = _check_foolbox(data["foolbox_class"], data["params"], data["norm"], where)
+    engine = data.get("engine", "foolbox")
+    if engine not in ENGINES:
+        raise RobenchError(f"{where}: unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    class_name = data.get("class", data.get("foolbox_class"))
+    if class_name is None:
+        raise RobenchError(f"{where}: missing key class (the attack class in its engine)")
+    if engine == "torchattacks":
+        from .torchattacks_engine import check_class, per_example
+
+        kind, per_ex = check_class(class_name, data["params"], data["norm"], where), per_example(class_name)
+    else:
+        kind = _check_foolbox(class_name, data["params"], data["norm"], where)
+        per_ex = _per_example_class(class_name)
     if kind == "minimization" and repeats != 1:
         raise RobenchError(f"{where}: repeats applies to fixed-eps attacks only")
     role, stronger = _parse_relations(data, where)
     return AttackSpec(
         name=stem, description=" ".join(str(data["description"]).split()),
-        foolbox_class=data["foolbox_class"], params=dict(data["params"]), norm=data["norm"],
+        foolbox_class=class_name, params=dict(data["params"]), norm=data["norm"],
         kind=kind, repeats=repeats, eps=eps, role=role, stronger_than=stronger,
-        per_example=_per_example_class(data["foolbox_class"]), iterative=_is_iterative(data),
+        per_example=per_ex, iterative=_is_iterative(data), engine=engine,
     )  # fmt: skip
 
 
@@ -181,8 +207,10 @@ def _parse_relations(data: dict, where: str) -> tuple[str, tuple[str, ...]]:
 
 def _is_iterative(data: dict) -> bool:
     """More than one step (PGD, CW), so the attack can walk to any point of the ε ball."""
+    if "suite" in data:
+        return True
     params = data.get("params") if isinstance(data.get("params"), dict) else {}
-    steps = params.get("steps", 1)
+    steps = params.get("steps", params.get("n_queries", 1))
     return isinstance(steps, int) and not isinstance(steps, bool) and steps > 1
 
 
@@ -221,6 +249,8 @@ def relations(directory: str | Path | None = None) -> dict[str, Relation]:
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
             role, stronger = _parse_relations(data, f"attack spec {file.name}")
+            if "suite" in data:
+                role, stronger = "adversarial", ()
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, RobenchError):
             continue  # load_specs reports broken specs; the checks just know nothing of them
         out[file.name[: -len(".toml")]] = Relation(role, stronger, _is_iterative(data))
@@ -488,9 +518,21 @@ def fixed_eps_accuracy(
     correct = _clean_correct(fmodel, images, labels)
     if eps == 0 or len(labels) == 0:
         return correct.float().cpu()
-    attack = spec.build()
     robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
-    with _seeded(spec, attack, seed, indices, len(labels)), frozen_parameters(_torch_module(fmodel)), \
+    module = _torch_module(fmodel)
+    if indices is None:
+        indices = torch.arange(len(labels))
+    if spec.engine == "torchattacks":
+        from .torchattacks_engine import adversarials
+
+        with frozen_parameters(module), torch.enable_grad():
+            for _ in range(spec.repeats):
+                advs = adversarials(spec, module, images, labels, float(eps), seed=seed, indices=indices)
+                broken = verify_adversarials(fmodel, images, advs, labels, float(eps), spec.norm)
+                robust += (correct & ~broken).float()
+        return (robust / spec.repeats).cpu()
+    attack = spec.build()
+    with _seeded(spec, attack, seed, indices, len(labels)), frozen_parameters(module), \
             torch.enable_grad():  # fmt: skip
         for _ in range(spec.repeats):
             _, clipped, _ = attack(fmodel, images, labels, epsilons=float(eps))

@@ -1,0 +1,110 @@
+"""Suites: a fixed ensemble of attacks run as a cascade (AutoAttack's protocol), declared in TOML.
+
+`attacks/autoattack.toml` is a list of attack names (`suite = ["apgd-ce", "apgd-t", "square"]`),
+a norm and default ε grids. The cascade (`robench.evaluate`) attacks each example only while it
+survives: member k runs only on the examples that members 1..k-1 failed to break at this ε, and
+over the ε grid in increasing order an example broken at ε stays broken at every larger ε (its
+adversarial lies in the larger ball). Members that treat examples one by one run on the survivors
+alone; the others (Square, DDN) run on every fixed chunk that still holds a survivor, exactly as
+they would without the cascade, so the cascade's outcomes equal running every member on every
+example and taking the per-example AND (tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import RobenchError
+from . import AttackSpec, _parse_grid, _spec_dir, load_specs, tomllib
+
+SUITE_KEYS = ("name", "description", "suite", "norm", "eps")
+DEFAULT = ("noise", "fgsm", "pgd", "cw", "autoattack")  # `--attack default`: the paper's four + AutoAttack
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A cascade of attacks.
+
+    Args:
+        name: the file's stem; the name of its result rows.
+        description: what it is and why.
+        members: attack specs, in cascade order.
+        norm: the norm every member shares.
+        eps: default ε grid per dataset.
+    """
+
+    name: str
+    description: str
+    members: tuple[AttackSpec, ...]
+    norm: str
+    eps: dict[str, tuple[float, ...]]
+    kind: str = "suite"
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(self.params_json.encode()).hexdigest()[:12]
+
+    @property
+    def params_json(self) -> str:
+        return json.dumps({"suite": [[m.name, m.spec_hash] for m in self.members]}, separators=(",", ":"))
+
+    def member_row_name(self, member: AttackSpec) -> str:
+        """Rows of the cascade after each member: robust accuracy so far (AutoAttack's running log)."""
+        return f"{self.name}.{member.name}"
+
+    def default_eps(self, dataset: str) -> list[float]:
+        if dataset not in self.eps:
+            raise RobenchError(f"suite {self.name!r} has no default eps grid for dataset {dataset!r}; pass --eps")
+        return list(self.eps[dataset])
+
+
+def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec] | None = None) -> dict[str, Suite]:
+    """Every suite file (a TOML with a `suite` key), checked: known members, one norm, no repeats."""
+    specs = load_specs(directory) if specs is None else specs
+    suites = {}
+    for file in (f for f in _spec_dir(directory).iterdir() if f.name.endswith(".toml")):
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        if "suite" not in data:
+            continue
+        where, stem = f"attack suite {file.name}", file.name[: -len(".toml")]
+        missing = [k for k in SUITE_KEYS if k not in data]
+        unknown = sorted(set(data) - set(SUITE_KEYS))
+        if missing or unknown:
+            raise RobenchError(f"{where}: {'missing' if missing else 'unknown'} key(s) {', '.join(missing or unknown)}")
+        if data["name"] != stem:
+            raise RobenchError(f"{where}: name {data['name']!r} must match the file name {stem!r}")
+        names = data["suite"]
+        if not isinstance(names, list) or not names or len(set(names)) != len(names):
+            raise RobenchError(f"{where}: suite must be a non-empty list of distinct attack names")
+        for name in names:
+            if name not in specs:
+                raise RobenchError(f"{where}: unknown attack {name!r} (attacks: {', '.join(sorted(specs))})")
+            if specs[name].norm != data["norm"]:
+                raise RobenchError(f"{where}: {name} is an {specs[name].norm} attack in an {data['norm']} suite")
+            if specs[name].role == "baseline":
+                raise RobenchError(f"{where}: {name} is a baseline, not an adversary")
+        eps = {d: _parse_grid(g, f"{where}: eps.{d}") for d, g in data["eps"].items()} if isinstance(data["eps"], dict) else {}
+        suites[stem] = Suite(stem, " ".join(str(data["description"]).split()), tuple(specs[n] for n in names),
+                             data["norm"], eps)  # fmt: skip
+    return dict(sorted(suites.items()))
+
+
+def resolve(names: str, directory: str | Path | None = None) -> list[AttackSpec | Suite]:
+    """"pgd,autoattack", "default" (noise, FGSM, PGD, CW and AutoAttack) or "all" (every attack and
+    suite) -> specs and suites, in the order given, without duplicates."""
+    specs = load_specs(directory)
+    suites = load_suites(directory, specs)
+    known = {**specs, **suites}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    expanded = []
+    for name in wanted:
+        expanded += list(known) if name == "all" else list(DEFAULT) if name == "default" else [name]
+    if not expanded:
+        raise RobenchError(f"no attack given; choose from {', '.join(known)}, default or all")
+    for name in expanded:
+        if name not in known:
+            raise RobenchError(f"unknown attack {name!r}; choose from {', '.join(known)}, default, all")
+    return [known[name] for name in dict.fromkeys(expanded)]
