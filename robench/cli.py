@@ -292,7 +292,7 @@ def reproduce() -> None:
 @click.option("--train-subset", type=int, default=None, help="Train on the first N images (full: all 60,000).")
 @click.option("--n", type=int, default=None, help="Attack the first N test images (full: all 10,000).")
 @click.option("--defenses", default=None, help="Comma-separated subset of: none, l2, dropout, l2+dropout, jr, adv, jr+adv.")
-@click.option("--attacks", default=None, help="Attack names or 'all' (full: all; quick: noise,fgsm,pgd,cw).")
+@click.option("--attacks", default=None, help="Attack or suite names, 'default' or 'all' (full: default; quick: noise,fgsm,pgd,cw).")
 @click.option("--model", default=None, help="Architecture (default: lenet, the paper's LeNet').")
 @click.option("--attack-n", multiple=True, help="Cap one attack's test images, e.g. --attack-n cw=200 (repeatable).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")

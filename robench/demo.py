@@ -1,7 +1,7 @@
 """`make demo`: LeNet' on real MNIST with and without Jacobian regularization, then attacked.
 
 Sized to finish in under 10 minutes on 2 CPU cores (venv set-up included): 10,000 training images,
-3 epochs, then FGSM and PGD-40 on the first 1,000 test images, noise on 500, the AutoAttack cascade
+3 epochs, then noise, FGSM and PGD-40 on the first 500 test images, the AutoAttack cascade
 (APGD-CE, APGD-T, Square with a 1000-query CPU budget) on the first 100 and CW on the first 50, over
 short epsilon grids. It prints the worst case over the attacks per example (the robust accuracy
 robench stands behind) with the JR-vs-plain difference and its interval. (CW runs up to 5 x 200 Adam
@@ -24,8 +24,8 @@ TRAIN = dict(model="lenet", dataset="mnist", epochs=3, train_subset=10_000, norm
 # attack -> (epsilon grid, test images)
 EVAL = {
     "noise": ((0.0, 4.0, 8.0, 12.0), 500),
-    "fgsm": ((0.0, 0.05, 0.1, 0.2, 0.3), 1000),
-    "pgd": ((0.0, 0.1, 0.2), 1000),
+    "fgsm": ((0.0, 0.05, 0.1, 0.2, 0.3), 500),
+    "pgd": ((0.0, 0.1, 0.2), 500),
     "cw": ((0.0, 0.5, 1.0, 1.5, 2.0, 3.0), 50),
     "autoattack-fast": ((0.0, 0.1, 0.2), 100),  # APGD-CE > APGD-T > Square (1000 queries), cascaded
 }

@@ -40,7 +40,7 @@ class ReproduceConfig:
         model: architecture (the paper's LeNet').
         epochs, train_subset: training length and data (None: all 60,000 images).
         n: test images attacked (None: all 10,000).
-        attacks: attack names, or "all".
+        attacks: attack or suite names, "default" (noise, FGSM, PGD, CW, AutoAttack) or "all".
         eps: per-attack epsilon grids overriding the shipped ones (quick mode shortens them).
         attack_n: per-attack cap on the test images (CW costs ~20x PGD-40 per image on a CPU).
         device: auto, cpu, cuda.
@@ -52,7 +52,7 @@ class ReproduceConfig:
     epochs: int = 250
     train_subset: int | None = None
     n: int | None = None
-    attacks: str = "all"
+    attacks: str = "default"
     eps: dict[str, tuple[float, ...]] = field(default_factory=dict)
     attack_n: dict[str, int] = field(default_factory=dict)
     device: str = "auto"
@@ -90,7 +90,7 @@ def reproduce_mnist(config: ReproduceConfig, out: str | Path, *, fmt: str = "md"
     everything done records near-zero times), which `benchmarks/bench_suite.py` reports.
     Returns the report (summary table and files written).
     """
-    from .attacks import resolve_attacks
+    from .attacks.suites import resolve
     from .evaluate import EvalConfig, evaluate
     from .fileio import write_json_atomic
     from .report import write_report
@@ -99,7 +99,7 @@ def reproduce_mnist(config: ReproduceConfig, out: str | Path, *, fmt: str = "md"
 
     out = Path(out)
     runs = config.train_configs()
-    specs = resolve_attacks(config.attacks)
+    specs = resolve(config.attacks)
     timings: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
     started = time.perf_counter()
     for name, train_config in runs.items():

@@ -67,17 +67,23 @@ def cw_distances(specs, fmodel, data):
     return minimal_distances(specs["cw"], fmodel, x[:100], y[:100], seed=0)
 
 
+PAPER = ["cw", "fgsm", "noise", "pgd", "pgd-l2"]
+NEW = ["apgd-ce", "apgd-ce-l2", "apgd-t", "apgd-t-l2", "ddn", "square", "square-1k", "square-l2"]
+
+
 # --- specs --------------------------------------------------------------------------------------
 
 
 def test_specs_load_with_derived_kind_and_norm(specs):
-    assert list(specs) == ["cw", "fgsm", "noise", "pgd", "pgd-l2"]
-    assert {s.name: s.kind for s in specs.values()} == {
+    assert list(specs) == sorted(PAPER + NEW)
+    assert {s.name: s.kind for s in specs.values() if s.name in PAPER} == {
         "cw": "minimization", "fgsm": "fixed", "noise": "fixed", "pgd": "fixed", "pgd-l2": "fixed",
     }  # fmt: skip
-    assert {s.name: s.norm for s in specs.values()} == {
+    assert {s.name: s.norm for s in specs.values() if s.name in PAPER} == {
         "cw": "l2", "fgsm": "linf", "noise": "l2", "pgd": "linf", "pgd-l2": "l2",
     }  # fmt: skip
+    assert specs["ddn"].kind == "minimization" and specs["apgd-t"].engine == "torchattacks"
+    assert {specs[n].norm for n in ("apgd-ce-l2", "apgd-t-l2", "square-l2", "ddn")} == {"l2"}
     assert specs["noise"].repeats == 10 and specs["pgd"].repeats == 1
     assert specs["pgd"].params == {"steps": 40, "random_start": True, "rel_stepsize": 2.5 / 40}
     assert type(specs["pgd"].build()).__name__ == "LinfProjectedGradientDescentAttack"
@@ -158,10 +164,10 @@ def test_a_minimization_spec_cannot_repeat(tmp_path):
 
 
 def test_resolve_attacks():
-    assert [s.name for s in resolve_attacks("all")] == ["cw", "fgsm", "noise", "pgd", "pgd-l2"]
+    assert [s.name for s in resolve_attacks("all")] == sorted(PAPER + NEW)
     assert [s.name for s in resolve_attacks(" pgd, fgsm ,pgd")] == ["pgd", "fgsm"]
-    assert [s.name for s in resolve_attacks("pgd,all")] == ["cw", "fgsm", "noise", "pgd", "pgd-l2"]
-    with pytest.raises(RobenchError, match=r"unknown attack 'pdg'; choose from cw, fgsm, noise, pgd, pgd-l2"):
+    assert [s.name for s in resolve_attacks("pgd,all")] == sorted(PAPER + NEW)
+    with pytest.raises(RobenchError, match=r"unknown attack 'pdg'; choose from apgd-ce, .*cw, ddn, fgsm, noise, pgd, pgd-l2"):
         resolve_attacks("pgd,pdg")
     with pytest.raises(RobenchError, match="no attack given"):
         resolve_attacks(" , ")
