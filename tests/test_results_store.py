@@ -207,7 +207,7 @@ def test_checks_on_real_rows(tmp_path, trained_run):
     result = invoke("eval", trained_run, "--attack", "fgsm,pgd", "--eps", "0,0.1,0.5", "--n", "100",
                     "--device", "cpu", "--quiet", "--out", out)  # fmt: skip
     assert result.exit_code == 0 and "warning" not in result.output, result.output
-    assert (pd.read_csv(out)["flags"].fillna("") == "").all()
+    assert (pd.read_csv(out, dtype={"flags": str})["flags"].fillna("") == "").all()
     model, _ = load(trained_run)
     state = {k: v.clone() * 0 for k, v in model.state_dict().items() if not k.startswith("normalize")}
     last_bias = [k for k in state if k.endswith("bias")][-1]
