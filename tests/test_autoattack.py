@@ -105,8 +105,6 @@ def test_the_recheck_rejects_out_of_ball_and_out_of_box_adversarials(trained_mod
     fmodel = foolbox_model(model, "cpu")
     x, y = mnist_test_small
     x, y = to_unit_float(x[:20]), y[:20]
-    pred = model(x).argmax(1)
-    wrong = torch.where(pred == y, (y + 1) % 10, y)  # an adversarial "label" never matches
     flipped = 1 - x  # far outside any small ball, inside the box: the model misreads most of them
     fooled = model(flipped).argmax(1) != y
     assert fooled.any()
@@ -122,7 +120,6 @@ def test_the_recheck_rejects_out_of_ball_and_out_of_box_adversarials(trained_mod
     exact = x + 0.1  # exactly on the ball's edge (and in the box where x <= 0.9) is allowed
     edge = verify_adversarials(fmodel, x, exact.clamp(max=1), y, 0.1, "linf")
     assert torch.equal(edge, model(exact.clamp(max=1)).argmax(1) != y)
-    del wrong, pred
 
 
 def test_clean_misclassified_examples_count_as_broken(trained_model, mnist_test_small):

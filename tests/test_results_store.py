@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 
 from robench.cli import cli
 from robench.evaluate import EvalConfig, evaluate
-from robench.results import LEGACY_COLUMNS, merge, outcomes, read_results
+from robench.results import LEGACY_COLUMNS, outcomes, read_results
 from robench.results.stats import paired_difference, proportion_ci
 from robench.sources import from_run
 from robench.train import TrainConfig, train
