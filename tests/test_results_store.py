@@ -238,3 +238,18 @@ def test_a_smaller_evaluation_reads_the_first_outcomes_of_larger_ones(tmp_path, 
     worst = read_results(out).query("attack == 'worst_case' and epsilon == 0.1")
     assert worst["n"].tolist() == [60]
     assert worst["accuracy"].item() == pytest.approx(((fgsm >= 1) & (pgd60 >= 1)).mean())
+
+
+def test_a_corrupt_database_gets_one_line_and_is_left_as_it_was(tmp_path, trained_run):
+    import hashlib
+
+    db = tmp_path / "r.db"
+    db.write_bytes(b"not sqlite at all\n" * 10)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    for args in (["eval", trained_run, "--attack", "fgsm", "--eps", "0,0.1", "--n", "20", "--device", "cpu",
+                  "--quiet", "--out", tmp_path / "r.csv"], ["report", tmp_path / "r.csv", "--out", tmp_path / "rep"],
+                 ["compare", "a", "b", "--results", tmp_path / "r.csv"]):  # fmt: skip
+        result = invoke(*args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and "is not a robench results database" in lines[0], args
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
