@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ META_FILE = "meta.json"
 LOG_FILE = "log.csv"
 OPTIMIZER_FILE = "optimizer.pt"
 RUN_FILES = (MODEL_FILE, META_FILE, LOG_FILE, OPTIMIZER_FILE)
+# Training settings added after runs existed, with the value every run saved without them had then:
+# before `jr_units`, the penalty was taken in pixel units; before `warmup_epochs`, there was none.
+LEGACY_CONFIG = {"jr_units": "pixel", "warmup_epochs": 0.0}
 
 
 def save_weights(run_dir: str | os.PathLike, model: nn.Module, epoch: int) -> None:
@@ -76,6 +80,17 @@ def read_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise RobenchError(f"checkpoint {run_dir} is corrupt: {META_FILE} is not valid JSON") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise RobenchError(f"checkpoint {run_dir} is corrupt: {META_FILE} has no training config")
+    return _complete_legacy(meta)
+
+
+def _complete_legacy(meta: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the settings an older run's meta.json lacks (LEGACY_CONFIG), so it keeps its meaning:
+    a JR run from before `jr_units` is labelled as the pixel-units run it was."""
+    config = meta["config"]
+    if "jr_units" not in config and isinstance(meta.get("defense"), str) and (config.get("jr") or 0) > 0:
+        meta["defense"] = re.sub(r"(jr=[0-9.]+(?:e[+-]?[0-9]+)?)(?![0-9.e])", r"\1(pixel)", meta["defense"])
+    for key, value in LEGACY_CONFIG.items():
+        config.setdefault(key, value)
     return meta
 
 

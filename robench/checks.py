@@ -172,7 +172,7 @@ def _findings(df: pd.DataFrame, tolerance: float, relations: dict | None) -> lis
     out = []
     for _, model_rows in df.groupby(by, sort=False):
         jac = model_rows[model_rows["attack"] == JACOBIAN]
-        rows = model_rows[model_rows["attack"] != JACOBIAN].copy()
+        rows = model_rows[~model_rows["attack"].isin((JACOBIAN, JACOBIAN + "_normalized"))].copy()
         for column in ("grey_share", "distinct_predictions"):
             if column in jac.columns and len(jac) and pd.notna(jac[column].iloc[-1]):
                 rows.attrs[column] = float(jac[column].iloc[-1])

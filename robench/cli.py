@@ -48,7 +48,11 @@ def cli() -> None:
 @cli.command()
 @click.option("--model", default=DEFAULTS.model, help="Architecture: lenet, lenet5, mlp, resnet18.")
 @click.option("--dataset", default=DEFAULTS.dataset, help="mnist, cifar10 or imagenet.")
-@click.option("--jr", type=float, default=DEFAULTS.jr, help="Jacobian regularization strength lambda_JR (0 = off).")
+@click.option("--jr", type=float, default=DEFAULTS.jr, help="Jacobian regularization strength lambda_JR (0 = off), in --jr-units.")
+@click.option("--jr-units", type=click.Choice(["normalized", "pixel"]), default=None,
+              help="Jacobian the penalty takes: normalized (d logits / d normalized input, the paper's, so "
+                   "--jr 0.01 is its lambda) or pixel (d logits / d pixel in [0, 1]; MNIST: 0.3081^2 x the "
+                   "normalized lambda). Default: normalized; with --resume, the run's own.")
 @click.option("--nproj", type=int, default=DEFAULTS.nproj, help="Random projections per example for the JR estimate.")
 @click.option("--exact", is_flag=True, default=DEFAULTS.exact, help="Compute the JR penalty exactly (one pass per class).")
 @click.option("--l2", type=float, default=DEFAULTS.l2, help="L2 weight decay lambda_WD (paper: 0.0005).")
@@ -61,6 +65,8 @@ def cli() -> None:
 @click.option("--momentum", type=float, default=DEFAULTS.momentum)
 @click.option("--schedule", type=click.Choice(["quench", "constant"]), default=DEFAULTS.schedule,
               help="quench: lr/10 at 1/3 and again at 2/3 of training (the paper's recipe).")
+@click.option("--warmup-epochs", type=float, default=DEFAULTS.warmup_epochs,
+              help="Ramp the lr linearly over this many epochs (0: the paper's recipe; short runs need it).")
 @click.option("--seed", type=int, default=DEFAULTS.seed)
 @click.option("--train-subset", type=int, default=None, help="Train on the first N training images.")
 @click.option("--test-subset", type=int, default=None, help="Test on the first N test images.")
@@ -87,6 +93,8 @@ def train(out_dir: str, resume: bool, force: bool, quiet: bool, **options) -> No
 
     if resume and force:
         raise RobenchError("--resume and --force exclude each other")
+    if options["jr_units"] is None:
+        options["jr_units"] = _saved_jr_units(out_dir) if resume else DEFAULTS.jr_units
     config = TrainConfig(**options)
     meta = run_training(config, out_dir, resume=resume, force=force, show_progress=not quiet)
     if not is_main_process():  # under torchrun, rank 0 reports
@@ -95,8 +103,21 @@ def train(out_dir: str, resume: bool, force: bool, quiet: bool, **options) -> No
     click.echo(
         f"{out_dir}: {config.model} [{config.defense}] test accuracy "
         f"{metrics.get('test_accuracy', float('nan')):.4f}, mean test ||J||_F "
-        f"{metrics.get('test_jacobian_norm', float('nan')):.3f}"
+        f"{metrics.get('test_jacobian_norm_normalized', float('nan')):.3f} (normalized units) / "
+        f"{metrics.get('test_jacobian_norm_pixel', metrics.get('test_jacobian_norm', float('nan'))):.3f} (pixel units)"
     )
+
+
+def _saved_jr_units(out_dir: str) -> str:
+    """The units of the run being resumed (pixel for a run from before units were named), or the
+    default when there is no run there yet."""
+    from pathlib import Path
+
+    from .checkpoint import META_FILE, read_meta
+
+    if not (Path(out_dir) / META_FILE).is_file():
+        return DEFAULTS.jr_units
+    return read_meta(out_dir)["config"]["jr_units"]
 
 
 @cli.command()
@@ -108,8 +129,10 @@ def show(runs: tuple[str, ...]) -> None:
 
     from .checkpoint import read_meta
 
-    table = Table(title="robench runs")
-    for column in ("run", "model", "defense", "epochs", "test accuracy", "mean test ||J||_F", "train s"):
+    table = Table(title="robench runs", caption="||J||: mean exact test ||J||_F; normalized: d logits / d normalized "
+                  "input (the paper's units); pixel: d logits / d pixel in [0, 1]")
+    for column in ("run", "model", "defense", "epochs", "test accuracy", "||J|| normalized", "||J|| pixel",
+                   "train s"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("run", "model", "defense") else "right")
     for run in runs:
         meta = read_meta(run)
@@ -117,7 +140,8 @@ def show(runs: tuple[str, ...]) -> None:
         table.add_row(
             run, meta["config"]["model"], meta.get("defense", "?"), str(meta.get("epochs_done", 0)),
             f"{metrics.get('test_accuracy', float('nan')):.4f}",
-            f"{metrics.get('test_jacobian_norm', float('nan')):.3f}",
+            f"{metrics.get('test_jacobian_norm_normalized', float('nan')):.3f}",
+            f"{metrics.get('test_jacobian_norm_pixel', metrics.get('test_jacobian_norm', float('nan'))):.3f}",
             f"{meta.get('train_seconds', float('nan')):.0f}",
         )  # fmt: skip
     Console().print(table)
@@ -286,20 +310,24 @@ def reproduce() -> None:
 
 
 @reproduce.command(name="mnist")
-@click.option("--quick", is_flag=True, help="Small data, 2 epochs, 100 test images (50 for CW), short grids: < 10 min on 2 CPU cores.")
-@click.option("--seeds", type=int, default=None, help="Seeds per defense (full: 5, quick: 1).")
+@click.option("--quick", is_flag=True, help="10,000 images, 2 epochs with warm-up, 100 test images (50 for CW), short grids: < 10 min on 2 CPU cores per seed.")
+@click.option("--seeds", default=None, help="Training seeds, e.g. 0,1,2,3,4 (a single N means seeds 0..N-1; full: 0-4, quick: 0).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (full: 250, the paper's recipe; quick: 2).")
 @click.option("--train-subset", type=int, default=None, help="Train on the first N images (full: all 60,000).")
+@click.option("--warmup-epochs", type=float, default=None, help="Linear lr warm-up (full: 0, the paper's recipe; quick: 0.5).")
+@click.option("--adv-eps", type=float, default=None, help="FGSM adversarial-training epsilon, L-inf in pixels (default 0.1; see reproduce.py).")
 @click.option("--n", type=int, default=None, help="Attack the first N test images (full: all 10,000).")
-@click.option("--defenses", default=None, help="Comma-separated subset of: none, l2, dropout, l2+dropout, jr, adv, jr+adv.")
+@click.option("--defenses", default=None, help="Comma-separated: none, l2, dropout, jr, all (Table 1), base, base+adv, "
+              "base+jr, base+jr+adv (Figure 3; base = L2 + dropout); default all nine.")
 @click.option("--attacks", default=None, help="Attack or suite names, 'default' or 'all' (full: default; quick: noise,fgsm,pgd,cw).")
 @click.option("--model", default=None, help="Architecture (default: lenet, the paper's LeNet').")
 @click.option("--attack-n", multiple=True, help="Cap one attack's test images, e.g. --attack-n cw=200 (repeatable).")
+@click.option("--eps", "eps_grids", multiple=True, help="One attack's epsilon grid, e.g. --eps pgd=0,0.1,0.2 (repeatable).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", default="results/reproduce-mnist", type=click.Path(file_okay=False), help="Study directory.")
 @click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", help="Report format.")
-def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, **overrides) -> None:
-    """Train the paper's MNIST defense grid, attack every model, write the report (skips finished work)."""
+def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, eps_grids: tuple[str, ...], **overrides) -> None:
+    """Train the paper's MNIST defense grid, attack every model, write the report and claims.md (skips finished work)."""
     from dataclasses import replace
 
     from rich.console import Console
@@ -313,13 +341,38 @@ def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, **over
         changes["attack_n"] = _parse_attack_n(changes["attack_n"])
     else:
         changes.pop("attack_n", None)
+    if eps_grids:
+        changes["eps"] = {**config.eps, **_parse_eps_grids(eps_grids)}
     if "defenses" in changes:
         changes["defenses"] = tuple(d.strip() for d in changes["defenses"].split(",") if d.strip())
+    if "seeds" in changes:
+        changes["seeds"] = _parse_seeds(changes["seeds"])
     config = replace(config, device=device, **changes)
+    config.train_configs()  # every option checked before any work starts
     report = reproduce_mnist(config, out, fmt=fmt)
     for table in summary_tables(report.summary):
         Console().print(table)
-    click.echo(f"report in {out}/report")
+    click.echo(f"report in {out}/report; claims in {out}/claims.md")
+
+
+def _parse_seeds(text: str) -> tuple[int, ...] | int:
+    """'0,1,2' -> those seeds; a lone 'N' -> N seeds (0..N-1), the option's meaning before lists."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise RobenchError(f"--seeds takes integers like 0,1,2 (or a count N), got {text!r}")
+    return int(parts[0]) if len(parts) == 1 else tuple(int(p) for p in parts)
+
+
+def _parse_eps_grids(items: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
+    from .attacks import parse_eps
+
+    grids = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        if not name.strip() or not values.strip():
+            raise RobenchError(f"--eps takes NAME=LIST, e.g. pgd=0,0.1,0.2, got {item!r}")
+        grids[name.strip()] = tuple(parse_eps(values))
+    return grids
 
 
 def _parse_attack_n(items: tuple[str, ...]) -> dict[str, int]:

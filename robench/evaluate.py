@@ -1,7 +1,8 @@
 """The evaluation protocol: every model x attack x epsilon on the first N test images, one row each.
 
 Reads top to bottom as the protocol: load the first N test images -> clean predictions and the exact
-||J||_F of every image (the `jacobian_norm` row) -> for each attack spec, the per-example outcomes
+||J||_F of every image (the `jacobian_norm` row, pixel units; `jacobian_norm_normalized`, the paper's units,
+when the model normalizes its input itself) -> for each attack spec, the per-example outcomes
 at every epsilon still missing -> one row per epsilon, committed to the results store with those
 outcomes as soon as it is finished (the store adds the worst case over attacks, intervals and flags).
 Fixed-epsilon attacks (noise, FGSM, PGD) run once per epsilon; minimization attacks (CW) run once
@@ -41,9 +42,9 @@ from .attacks.suites import Suite, resolve
 from .data import load_dataset, to_unit_float
 from .devices import configure_tf32
 from .errors import RobenchError
-from .jacobian import jacobian_norm
+from .jacobian import input_std, jacobian_norm
 from .progress import make_progress
-from .results import JACOBIAN_ATTACK, ResultsStore, check_writable, eps_key, median_or_inf
+from .results import JACOBIAN_ATTACK, JACOBIAN_NORMALIZED, ResultsStore, check_writable, eps_key, median_or_inf
 from .sources import ModelSource, check_classes, from_run, from_weights
 
 
@@ -172,6 +173,8 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
     done = world.on_main(lambda: store.done(source.model_hash, len(y), config.seed, PROTOCOL))
     if (JACOBIAN_ATTACK, "exact", 0.0) not in done:  # on rank 0 alone: the same value as a single process
         world.on_main(lambda: store.add([_clean_row(model, x, y, base)]))
+    if (JACOBIAN_NORMALIZED, "exact", 0.0) not in done and input_std(model) is not None:
+        world.on_main(lambda: store.add([_normalized_norm_row(model, x, y, base)]))
     fmodel = foolbox_model(model, world.device)
     for spec in specs:
         todo = [e for e in grids[spec.name] if (spec.name, spec.spec_hash, eps_key(e)) not in done]
@@ -201,6 +204,21 @@ def _clean_row(model, x, y, base) -> dict:
         "value": float(norms.mean()), "grey_share": float((y == grey).double().mean()),
         "distinct_predictions": int(preds.unique().numel()), "timestamp": _now(),
         "_robust": correct, "_value": norms,
+    }  # fmt: skip
+
+
+def _normalized_norm_row(model, x, y, base) -> dict:
+    """Each image's exact ||J||_F in the paper's units, d logits / d (normalized input): the pixel
+    Jacobian with each channel scaled by the model's input std (needs its Normalize layer)."""
+    with torch.no_grad():
+        correct = torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(y), 500)]) == y
+    norms = jacobian_norm(model, x, units="normalized").detach().double().cpu().numpy()
+    std = [round(float(s), 6) for s in input_std(model).flatten()]
+    return {
+        **base, "attack": JACOBIAN_NORMALIZED, "norm": "l2", "epsilon": 0.0, "spec_hash": "exact",
+        "attack_params": json.dumps({"mode": "exact", "units": "normalized", "input_std": std}),
+        "accuracy": float(correct.double().mean()), "value": float(norms.mean()), "timestamp": _now(),
+        "_robust": correct.double().cpu().numpy(), "_value": norms,
     }  # fmt: skip
 
 

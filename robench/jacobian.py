@@ -17,6 +17,14 @@ taken with create_graph=True, so the penalty is differentiable in the parameters
 Caveat: layers that mix examples (BatchNorm in training mode) make v^T J include cross-example terms;
 the estimate is then of the batch Jacobian, as in the reference implementation.
 
+Units. J is taken with respect to whatever `x` is. robench models take pixels in [0, 1] and normalize
+inside themselves (`robench.models.Normalize`), so the plain J is d logits / d pixel ("pixel" units,
+what an attack's epsilon sees). The paper normalizes the data before the network (MNIST: mean 0.1307,
+std 0.3081), so its J is d logits / d (normalized input) ("normalized" units). By the chain rule that
+is the pixel Jacobian with each input channel's columns multiplied by that channel's std: on MNIST
+||J||_normalized = 0.3081 ||J||_pixel, and lambda_JR in pixel units is 0.3081^2 = 0.0949 times lambda_JR
+in normalized units. `input_scale` (broadcastable to x, e.g. std as 1 x C x 1 x 1) applies that factor.
+
 Usage in any training loop::
 
     reg = JacobianReg(n_proj=1)
@@ -72,6 +80,7 @@ def frobenius_sq(
     n_proj: int | None = 1,
     generator: torch.Generator | None = None,
     create_graph: bool | None = None,
+    input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-example ||J(x_i)||_F^2, exact (n_proj=None) or estimated with n_proj random projections.
 
@@ -82,6 +91,8 @@ def frobenius_sq(
         generator: optional generator for the random directions.
         create_graph: keep the result differentiable in the parameters; defaults to whether grad
             mode is on, so evaluation under torch.no_grad-free code does not build a graph needlessly.
+        input_scale: multiplies dz/dx before squaring (broadcast to x): the std per channel gives
+            the Jacobian in normalized units (see the module docstring); None leaves x's units.
 
     Returns:
         Tensor of shape B (differentiable when create_graph is true).
@@ -100,6 +111,8 @@ def frobenius_sq(
         )  # fmt: skip
         if grad_x is None:
             raise ValueError("logits do not depend on x: compute logits = model(x) from this x, not a detached copy")
+        if input_scale is not None:
+            grad_x = grad_x * input_scale
         total = total + grad_x.pow(2).reshape(len(x), -1).sum(dim=1)
     return scale * total
 
@@ -119,6 +132,7 @@ def logits_and_frobenius_sq(
     generator: torch.Generator | None = None,
     create_graph: bool | None = None,
     method: str = "auto",
+    input_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `model` on `x` once; return its logits and the per-example ||J(x_i)||_F^2 of that very forward.
 
@@ -152,6 +166,7 @@ def logits_and_frobenius_sq(
         create_graph: keep the norms (and logits) differentiable in the parameters; defaults to
             whether grad mode is on. When false the logits come back detached.
         method: "auto", "autograd" or "vmap".
+        input_scale: as in `frobenius_sq` (the input std per channel: normalized units).
 
     Returns:
         (logits of shape B x C, squared norms of shape B).
@@ -164,8 +179,8 @@ def logits_and_frobenius_sq(
     if method == "auto":
         method = _auto_method(model, x, n_proj)
     if method == "vmap":
-        return _logits_and_sq_vmap(model, x, n_proj, generator, create_graph)
-    return _logits_and_sq_autograd(model, x, n_proj, generator, create_graph)
+        return _logits_and_sq_vmap(model, x, n_proj, generator, create_graph, input_scale)
+    return _logits_and_sq_autograd(model, x, n_proj, generator, create_graph, input_scale)
 
 
 def _auto_method(model: nn.Module, x: torch.Tensor, n_proj: int | None) -> str:
@@ -174,17 +189,18 @@ def _auto_method(model: nn.Module, x: torch.Tensor, n_proj: int | None) -> str:
     return "vmap" if batched and not _updates_running_stats(model) else "autograd"
 
 
-def _logits_and_sq_autograd(model, x, n_proj, generator, create_graph):
+def _logits_and_sq_autograd(model, x, n_proj, generator, create_graph, input_scale=None):
     """Plain forward, then `frobenius_sq`: the reference path."""
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        sq = frobenius_sq(x, logits, n_proj=n_proj, generator=generator, create_graph=create_graph)
+        sq = frobenius_sq(x, logits, n_proj=n_proj, generator=generator, create_graph=create_graph,
+                          input_scale=input_scale)
     return (logits, sq) if create_graph else (logits.detach(), sq)
 
 
-def _logits_and_sq_vmap(model, x, n_proj, generator, create_graph):
+def _logits_and_sq_vmap(model, x, n_proj, generator, create_graph, input_scale=None):
     """torch.func.vjp runs the ordinary forward once (dropout draws its mask as usual) and returns
     its pullback; vmapping the pullback reuses that forward's saved tensors for every vector."""
     if _updates_running_stats(model):
@@ -200,6 +216,8 @@ def _logits_and_sq_vmap(model, x, n_proj, generator, create_graph):
         directions, scale = _directions(logits, n_proj, generator)
         chunk = max(1, _MAX_BATCHED_ROWS // max(1, len(x)))
         (grads,) = torch.func.vmap(pullback, chunk_size=chunk)(directions)
+        if input_scale is not None:
+            grads = grads * input_scale
         sq = scale * grads.pow(2).reshape(len(directions), len(x), -1).sum(dim=2).sum(dim=0)
     return logits, sq
 
@@ -223,16 +241,56 @@ def _directions(logits: torch.Tensor, n_proj: int | None, generator) -> tuple[to
     return directions / directions.norm(dim=2, keepdim=True), classes / n_proj
 
 
-def jacobian_norm(model: nn.Module, x: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
+UNITS = ("pixel", "normalized")
+
+
+def input_std(model: nn.Module) -> torch.Tensor | None:
+    """The per-channel std (1 x C x 1 x 1) of the `Normalize` layer a robench model starts with, or
+    None when the model does not normalize its input itself (its normalized units are then unknown)."""
+    from .models import Normalize  # late: robench.jacobian itself needs torch alone
+
+    first = model
+    while isinstance(first, nn.Sequential) and len(first) > 0:
+        first = first[0]
+    if isinstance(first, Normalize):
+        return first.std
+    wrapped = getattr(model, "module", None)  # DistributedDataParallel, torch.compile
+    return input_std(wrapped) if isinstance(wrapped, nn.Module) else None
+
+
+def unit_scale(model: nn.Module, units: str) -> torch.Tensor | None:
+    """The `input_scale` that gives the Jacobian of `model` in `units` ("pixel": None)."""
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+    if units == "pixel":
+        return None
+    std = input_std(model)
+    if std is None:
+        raise ValueError(
+            "units='normalized' needs the model's input normalization: start the model with "
+            "robench.models.Normalize(mean, std), or use units='pixel'"
+        )
+    return std
+
+
+def jacobian_norm(model: nn.Module, x: torch.Tensor, *, units: str = "pixel", batch_size: int = 500) -> torch.Tensor:
     """Exact per-example ||J(x_i)||_F of `model` at `x` (shape B), for evaluation.
+
+    Args:
+        model: takes pixels in [0, 1] (a robench model: normalization is its first layer).
+        x: the images, in pixels.
+        units: "pixel", d logits / d pixel (what attacks see); or "normalized", d logits / d
+            (normalized input), the paper's convention, which needs the model's `Normalize` layer.
+        batch_size: images per pass.
 
     The model is used as it is (call model.eval() first for dropout-free numbers); its parameters'
     .grad are left untouched. The C products go the cheapest way for the device (method "auto").
     """
+    scale = unit_scale(model, units)
     results = []
     for start in range(0, len(x), batch_size):
         chunk = x[start : start + batch_size].detach()
-        _, sq = logits_and_frobenius_sq(model, chunk, n_proj=None, create_graph=False)
+        _, sq = logits_and_frobenius_sq(model, chunk, n_proj=None, create_graph=False, input_scale=scale)
         results.append(sq.sqrt())
     if not results:
         return x.new_zeros(0)

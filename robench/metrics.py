@@ -27,11 +27,12 @@ def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return (predict(model, images) == labels.cpu()).sum().item() / len(labels)
 
 
-def mean_jacobian_norm(model: nn.Module, images: torch.Tensor, *, batch_size: int = 500) -> float:
-    """Mean over `images` of the exact ||J(x)||_F, the number the paper's MNIST table reports."""
+def mean_jacobian_norm(model: nn.Module, images: torch.Tensor, *, units: str = "pixel", batch_size: int = 500) -> float:
+    """Mean over `images` of the exact ||J(x)||_F in `units` ("normalized": the number the paper's
+    MNIST table reports; "pixel": d logits / d pixel)."""
     device = next(model.parameters()).device
     norms = [
-        jacobian_norm(model, to_unit_float(images[i : i + batch_size]).to(device))
+        jacobian_norm(model, to_unit_float(images[i : i + batch_size]).to(device), units=units)
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(norms).mean().item() if norms else float("nan")

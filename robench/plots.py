@@ -30,6 +30,7 @@ class Curve:
         mean: accuracy at each epsilon (the mean over models when k > 1).
         std: sample standard deviation over models at each epsilon (None when k == 1).
         k: number of models averaged.
+        points: the k models' own accuracies (k x len(eps)), drawn as points (None: not drawn).
     """
 
     label: str
@@ -37,6 +38,7 @@ class Curve:
     mean: np.ndarray
     std: np.ndarray | None
     k: int
+    points: np.ndarray | None = None
 
 
 def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Any:
@@ -55,7 +57,8 @@ def save_png(fig: Any, path: str | Path) -> None:
 
 
 def accuracy_figure(curves: list[Curve], *, title: str, xlabel: str) -> Any:
-    """Accuracy vs epsilon, one line per curve; a shaded ±1 std band where a curve averages k > 1 models."""
+    """Accuracy vs epsilon, one line per curve; where a curve averages k > 1 models (seeds), a shaded
+    ±1 sample-std band (the paper's Figure 3) and each model's own accuracy as a small point."""
     fig = new_figure()
     ax = fig.add_subplot()
     for index, curve in enumerate(curves):
@@ -63,6 +66,9 @@ def accuracy_figure(curves: list[Curve], *, title: str, xlabel: str) -> Any:
         ax.plot(curve.eps, curve.mean, marker="o", markersize=4, color=color, label=curve.label)
         if curve.std is not None:
             ax.fill_between(curve.eps, curve.mean - curve.std, curve.mean + curve.std, color=color, alpha=0.2, lw=0)
+        if curve.points is not None and curve.k > 1:  # each seed's own model, beside the mean
+            for row in np.asarray(curve.points, float):
+                ax.plot(curve.eps, row, ls="none", marker=".", markersize=3, color=color, alpha=0.6)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)

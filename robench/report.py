@@ -4,7 +4,10 @@ Summary columns, one row per model (weights hash):
     model, defense, dataset, n, seed      n: the fewest test images behind any number in the row;
                                           seed: the evaluation seed
     clean_accuracy                        epsilon = 0 accuracy (the jacobian_norm row's, if present)
-    jacobian_norm                         mean exact test ||J||_F
+    jacobian_norm_normalized              mean exact test ||J||_F in the paper's units, d logits / d
+                                          (normalized input) (empty: normalization unknown)
+    jacobian_norm_pixel                   mean exact test ||J||_F in pixel units, d logits / d pixel
+    jacobian_norm                         the same as jacobian_norm_pixel (its name before units)
     cw_median_distance                    median minimal L2 distance found by CW (inf: most examples
                                           never broken; empty: not run); any other minimization
                                           attack X gets X_median_distance
@@ -38,7 +41,7 @@ from . import __version__
 from .errors import RobenchError
 from .fileio import ensure_writable_dir, write_atomic, write_text_atomic
 from .plots import Curve
-from .results import JACOBIAN_ATTACK, read_results
+from .results import JACOBIAN_ATTACK, JACOBIAN_ATTACKS, JACOBIAN_NORMALIZED, read_results
 from .results.select import curve_order, current_rows, headline, optimality, with_curve_names
 
 REQUIRED = ("model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed", "model_hash")
@@ -113,21 +116,24 @@ def eps_below(eps: Any, accuracy: Any, level: float = LEVEL) -> float:
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """The summary table (see the module docstring), one row per model, numbers as numbers."""
     rows = headline(select_rows(df))
-    attacks = curve_order(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK)
+    attacks = curve_order(a for a in rows["attack"].unique() if a not in JACOBIAN_ATTACKS)
     with_values = {a for a in attacks if rows.loc[rows["attack"] == a, "value"].notna().any()}
     distance_attacks = sorted(set(DISTANCE_ATTACKS) | (with_values - {a for a in attacks if a.startswith("worst_case")}))
     records = []
     for _, group in rows.groupby("model_hash", sort=False):
         first, by_attack = group.iloc[0], dict(tuple(group.groupby("attack")))
-        jac = by_attack.get(JACOBIAN_ATTACK)
-        zero = group[(group["epsilon"] == 0) & (group["attack"] != JACOBIAN_ATTACK)].sort_values("attack")
+        jac, jac_normalized = by_attack.get(JACOBIAN_ATTACK), by_attack.get(JACOBIAN_NORMALIZED)
+        zero = group[(group["epsilon"] == 0) & (~group["attack"].isin(JACOBIAN_ATTACKS))].sort_values("attack")
         record = {
             "model": first["model"], "defense": first["defense"], "dataset": first["dataset"],
             "n": int(group["n"].min()), "seed": int(first["seed"]),
             "clean_accuracy": float(jac["accuracy"].iloc[-1]) if jac is not None else
             (float(zero["accuracy"].iloc[0]) if len(zero) else math.nan),
-            "jacobian_norm": float(jac["value"].iloc[-1]) if jac is not None else math.nan,
+            "jacobian_norm_normalized": float(jac_normalized["value"].iloc[-1]) if jac_normalized is not None
+            else math.nan,
+            "jacobian_norm_pixel": float(jac["value"].iloc[-1]) if jac is not None else math.nan,
         }  # fmt: skip
+        record["jacobian_norm"] = record["jacobian_norm_pixel"]  # its name before units were named
         for attack in distance_attacks:
             values = by_attack[attack]["value"].dropna() if attack in by_attack else pd.Series(dtype=float)
             record[f"{attack}_median_distance"] = float(values.iloc[-1]) if len(values) else math.nan
@@ -189,7 +195,8 @@ def attack_curves(rows: pd.DataFrame, attack: str, metas: dict[str, dict | None]
         if labels.count(defense) > 1 and k == 1:
             label += f" ({Path(group['model'].iloc[0]).name or group['model_hash'].iloc[0]})"
         std = table.std(axis=0, ddof=1).to_numpy() if k > 1 else None
-        curves.append(Curve(label, table.columns.to_numpy(float), table.mean(axis=0).to_numpy(), std, k))
+        curves.append(Curve(label, table.columns.to_numpy(float), table.mean(axis=0).to_numpy(), std, k,
+                            points=table.to_numpy(float)))
     return curves
 
 
@@ -240,7 +247,7 @@ def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     files = [out / "summary.csv"]
     write_atomic(files[0], lambda tmp: summary.to_csv(tmp, index=False))
     curves = {}
-    for attack in curve_order(a for a in rows["attack"].unique() if a != JACOBIAN_ATTACK):
+    for attack in curve_order(a for a in rows["attack"].unique() if a not in JACOBIAN_ATTACKS):
         curves[attack] = attack_curves(rows, attack, metas)
         norm = rows.loc[rows["attack"] == attack, "norm"].iloc[0]
         what = "robust accuracy (worst case over attacks)" if attack.startswith("worst_case") else "accuracy"
@@ -307,7 +314,7 @@ def render_markdown(
         f"accuracy over the grid (in [0, 1]; compare models on the same grid only). `eps50_<attack>`: the ε "
         f"where accuracy first falls below {LEVEL:g}, interpolated linearly (— if it never does).", "",
     ]  # fmt: skip
-    table = summary.assign(model=summary["model"].map(lambda m: f"`{labels[m]}`"))
+    table = summary.drop(columns=["jacobian_norm"]).assign(model=summary["model"].map(lambda m: f"`{labels[m]}`"))
     lines += _table(list(table.columns), table.values.tolist())
     for attack, attack_curves_ in curves.items():
         sub = rows[rows["attack"] == attack]
@@ -388,7 +395,8 @@ def summary_tables(summary: pd.DataFrame) -> list[Any]:
     labels = _labels(list(summary["model"]))
     distance = [c for c in summary.columns if c.endswith("_median_distance") and summary[c].notna().any()]
     parts = [
-        ("clean accuracy and mean ||J||_F", ["clean_accuracy", "jacobian_norm", *distance], lambda c: c),
+        ("clean accuracy and mean test ||J||_F (normalized: the paper's units; pixel: d logits / d pixel)",
+         ["clean_accuracy", "jacobian_norm_normalized", "jacobian_norm_pixel", *distance], lambda c: c),
         ("AUC: mean accuracy over the eps grid", [c for c in summary.columns if c.startswith("auc_")], lambda c: c[4:]),
         (f"eps50: eps where accuracy falls below {LEVEL:g}", [c for c in summary.columns if c.startswith("eps50_")],
          lambda c: c[6:]),

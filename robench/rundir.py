@@ -20,9 +20,11 @@ from . import __version__, checkpoint
 from .errors import RobenchError
 from .fileio import ensure_writable_dir, write_atomic
 
+# test_jacobian_norm is the pixel-units mean (its meaning before units were named), kept for readers of
+# older logs; jr_term is the penalty in the run's jr_units.
 LOG_COLUMNS = [
-    "epoch", "supervised_loss", "jr_term", "train_accuracy", "test_accuracy",
-    "test_jacobian_norm", "lr", "seconds",
+    "epoch", "supervised_loss", "jr_term", "train_accuracy", "test_accuracy", "test_jacobian_norm", "lr",
+    "seconds", "jr_units", "test_jacobian_norm_pixel", "test_jacobian_norm_normalized",
 ]  # fmt: skip
 # Settings that change where and how fast a run computes, not what it learns: a resumed run may differ in them.
 RUNTIME_OPTIONS = ("device", "data_root", "compile", "tf32")
@@ -43,7 +45,9 @@ def prepare_run_dir(config, out_dir: Path, *, resume: bool, force: bool):
     meta = checkpoint.read_meta(out_dir)
     saved = meta["config"]
     mine = dataclasses.asdict(config)
-    changed = [k for k in mine if k not in RUNTIME_OPTIONS and saved.get(k) != mine[k]]
+    # Without a penalty its units change nothing: a plain run resumes whichever units are asked for.
+    ignored = RUNTIME_OPTIONS + (("jr_units",) if mine["jr"] == 0 and not saved.get("jr") else ())
+    changed = [k for k in mine if k not in ignored and saved.get(k) != mine[k]]
     if changed:
         raise RobenchError(f"--resume with different settings ({', '.join(changed)}) than {out_dir}; use --force to start over")
     weights, epoch = checkpoint.read_weights(out_dir)
@@ -65,7 +69,8 @@ def save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
     meta["epochs_done"] = epoch
     meta["finished"] = epoch == config.epochs
     meta["train_seconds"] = float(log["seconds"].sum())
-    meta["metrics"] = {k: row[k] for k in ("test_accuracy", "test_jacobian_norm", "train_accuracy", "supervised_loss")}
+    meta["metrics"] = {k: row[k] for k in ("test_accuracy", "test_jacobian_norm", "test_jacobian_norm_pixel",
+                                           "test_jacobian_norm_normalized", "train_accuracy", "supervised_loss")}
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     checkpoint.save_meta(out_dir, meta)
 

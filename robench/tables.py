@@ -7,7 +7,7 @@ import math
 import pandas as pd
 from rich.table import Table
 
-from .results import JACOBIAN_ATTACK, WORST_CASE
+from .results import JACOBIAN_ATTACK, JACOBIAN_ATTACKS, JACOBIAN_NORMALIZED, WORST_CASE
 from .results.select import curve_order, current_rows, headline, with_curve_names
 
 
@@ -17,14 +17,17 @@ def _label(model: str) -> str:
 
 def clean_table(df: pd.DataFrame) -> Table:
     """Clean accuracy and mean exact test ||J||_F per model."""
-    table = Table(title="clean accuracy and Jacobian norm")
-    for column in ("model", "defense", "n", "clean accuracy", "mean ||J||_F"):
+    table = Table(title="clean accuracy and mean test Jacobian norm")
+    for column in ("model", "defense", "n", "clean accuracy", "||J||_F normalized", "||J||_F pixel"):
         table.add_column(column, justify="left" if column in ("model", "defense") else "right")
     rows = current_rows(df)
+    normalized = rows[rows["attack"] == JACOBIAN_NORMALIZED]
+    normalized = dict(zip(zip(normalized["model_hash"], normalized["n"]), normalized["value"]))
     rows = rows[rows["attack"] == JACOBIAN_ATTACK].sort_values("n", kind="stable")
     for row in rows.drop_duplicates("model_hash", keep="last").to_dict("records"):  # largest n per model
-        table.add_row(_label(row["model"]), row["defense"], str(int(row["n"])),
-                      f"{row['accuracy']:.4f}", f"{row['value']:.3f}")  # fmt: skip
+        norm = normalized.get((row["model_hash"], row["n"]), math.nan)
+        table.add_row(_label(row["model"]), row["defense"], str(int(row["n"])), f"{row['accuracy']:.4f}",
+                      "—" if math.isnan(norm) else f"{norm:.3f}", f"{row['value']:.3f}")  # fmt: skip
     return table
 
 
@@ -36,7 +39,7 @@ def attack_tables(df: pd.DataFrame) -> list[Table]:
         if column not in df.columns:
             df = df.assign(**{column: math.nan})
     rows_now = headline(with_curve_names(current_rows(df))) if len(df) else df
-    attacks = rows_now[rows_now["attack"] != JACOBIAN_ATTACK]
+    attacks = rows_now[~rows_now["attack"].isin(JACOBIAN_ATTACKS)]
     groups = dict(tuple(attacks.groupby("attack", sort=False)))
     for attack in curve_order(groups):
         group = groups[attack]

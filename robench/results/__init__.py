@@ -17,13 +17,13 @@ import pandas as pd
 from ..errors import RobenchError
 from ..fileio import ensure_writable_dir
 from .csvfile import (
-    COLUMNS, JACOBIAN_ATTACK, KEY, LEGACY_COLUMNS, LEGACY_PROTOCOL, WORST_CASE, done_keys, eps_key,
+    COLUMNS, JACOBIAN_ATTACK, JACOBIAN_ATTACKS, JACOBIAN_NORMALIZED, KEY, LEGACY_COLUMNS, LEGACY_PROTOCOL, WORST_CASE, done_keys, eps_key,
     median_or_inf, read_csv, row_key,
 )  # fmt: skip
 from .store import ResultsStore, store_paths
 
 __all__ = [
-    "COLUMNS", "JACOBIAN_ATTACK", "KEY", "LEGACY_COLUMNS", "LEGACY_PROTOCOL", "WORST_CASE", "ResultsStore",
+    "COLUMNS", "JACOBIAN_ATTACK", "JACOBIAN_ATTACKS", "JACOBIAN_NORMALIZED", "KEY", "LEGACY_COLUMNS", "LEGACY_PROTOCOL", "WORST_CASE", "ResultsStore",
     "append_rows", "check_writable", "done_keys", "eps_key", "median_or_inf", "merge", "outcomes",
     "read_results", "row_key", "store_paths",
 ]  # fmt: skip

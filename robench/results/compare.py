@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .csvfile import JACOBIAN_ATTACK, WORST_CASE, eps_key
+from .csvfile import JACOBIAN_ATTACKS, WORST_CASE, eps_key
 from .stats import format_p, paired_difference
 
 NORM_SYMBOL = {"linf": "L∞", "l2": "L2"}
@@ -37,7 +37,7 @@ def compare_models(
     Rows count as comparable when they share attack, norm, spec, n, seed and protocol, so both
     models saw the same images under the same attack. Worst cases come first.
     """
-    a_rows = rows[(rows["model_hash"] == hash_a) & (rows["attack"] != JACOBIAN_ATTACK)]
+    a_rows = rows[(rows["model_hash"] == hash_a) & (~rows["attack"].isin(JACOBIAN_ATTACKS))]
     b_keys = {tuple(r[c] for c in MATCH) + (eps_key(r["epsilon"]),)
               for r in rows[rows["model_hash"] == hash_b].to_dict("records")}  # fmt: skip
     va, vb = _outcome_vectors(outcomes, hash_a), _outcome_vectors(outcomes, hash_b)

@@ -30,7 +30,13 @@ NEW_COLUMNS = ["ci_low", "ci_high", "protocol", "grey_share", "distinct_predicti
 COLUMNS = LEGACY_COLUMNS + NEW_COLUMNS
 TEXT_COLUMNS = {"model_hash": str, "spec_hash": str, "model": str, "flags": str}  # never guessed as numbers
 KEY = ["model_hash", "attack", "spec_hash", "epsilon", "n", "seed", "protocol"]
+# Pseudo-attack rows of mean exact test ||J||_F (`value`; accuracy is the clean accuracy): jacobian_norm in
+# pixel units (d logits / d pixel in [0, 1], what attacks see; its name predates units), and
+# jacobian_norm_normalized in the paper's units (d logits / d normalized input), written when the
+# model's input normalization is known.
 JACOBIAN_ATTACK = "jacobian_norm"
+JACOBIAN_NORMALIZED = "jacobian_norm_normalized"
+JACOBIAN_ATTACKS = (JACOBIAN_ATTACK, JACOBIAN_NORMALIZED)
 WORST_CASE = "worst_case"
 LEGACY_PROTOCOL = 1  # rows without a protocol column: robench before per-example seeding
 

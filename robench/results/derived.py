@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .csvfile import JACOBIAN_ATTACK, WORST_CASE, eps_key
+from .csvfile import JACOBIAN_ATTACKS, WORST_CASE, eps_key
 
 
 def latest_members(rows: list[dict[str, Any]], relations: dict) -> list[dict[str, Any]]:
@@ -27,7 +27,7 @@ def latest_members(rows: list[dict[str, Any]], relations: dict) -> list[dict[str
 
     latest: dict[str, str] = {}
     for row in rows:  # rows come in insertion order: the last spec seen of an attack is its latest
-        if row["attack"] not in (WORST_CASE, JACOBIAN_ATTACK):
+        if row["attack"] != WORST_CASE and row["attack"] not in JACOBIAN_ATTACKS:
             latest[row["attack"]] = row["spec_hash"]
     return [
         r for r in rows

@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..errors import RobenchError
 from ..fileio import write_atomic
-from .csvfile import COLUMNS, JACOBIAN_ATTACK, WORST_CASE, complete, eps_key, read_csv
+from .csvfile import COLUMNS, JACOBIAN_ATTACK, JACOBIAN_ATTACKS, WORST_CASE, complete, eps_key, read_csv
 
 SCHEMA_VERSION = 1
 EXPORT_INTERVAL_S = 2.0
@@ -212,7 +212,7 @@ class ResultsStore:
         larger = [g[0] for g in self.conn.execute("SELECT DISTINCT n FROM rows WHERE model_hash=? AND seed=? AND "
                                                   "protocol=? AND n>?", (model_hash, seed, protocol, n))]  # fmt: skip
         rows = [r for m in sorted(larger) for r in self._group_rows((model_hash, m, seed, protocol), with_outcomes=True)
-                if not r["derived"] and r["attack"] != JACOBIAN_ATTACK]  # fmt: skip
+                if not r["derived"] and r["attack"] not in JACOBIAN_ATTACKS]  # fmt: skip
         for r in rows:
             r["n"] = n
             for key in ("_robust", "_distance"):
