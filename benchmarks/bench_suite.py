@@ -53,7 +53,7 @@ def describe(config: ReproduceConfig) -> str:
     images = f"{config.train_subset:,}" if config.train_subset else "60,000"
     tested = f"{config.n:,}" if config.n else "10,000"
     caps = ", ".join(f"{a} on {n}" for a, n in config.attack_n.items())
-    return (f"{len(config.defenses)} defenses x {config.seeds} seed, {config.model} on {images} images for "
+    return (f"{len(config.defenses)} defenses x {len(config.seeds)} seed(s), {config.model} on {images} images for "
             f"{config.epochs} epochs; attacks {config.attacks} on {tested} test images" + (f" ({caps})" if caps else ""))  # fmt: skip
 
 

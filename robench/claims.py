@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import RobenchError
 
 CLAIMS_COLUMNS = ["claim_id", "claim", "source", "measure", "estimate", "ci_low", "ci_high", "threshold",
                   "n", "seeds", "verdict", "evidence"]  # fmt: skip
@@ -290,7 +289,8 @@ def claims_markdown(claims: pd.DataFrame, context: str = "") -> str:
         value = _number(row["estimate"], percent)
         if math.isfinite(row["ci_low"]):
             value += f" [{_number(row['ci_low'], percent)}, {_number(row['ci_high'], percent)}]"
-        cells = [row["claim_id"], row["claim"], row["source"], f"**{row['verdict']}**", value,
+        verdict = row["verdict"] + (" at this n" if row["verdict"] == "inconclusive" else "")
+        cells = [row["claim_id"], row["claim"], row["source"], f"**{verdict}**", value,
                  f"{row['n']} × {row['seeds']}", f"{row['measure']}. {row['evidence']}".strip(". ")]  # fmt: skip
         lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines + [""])
@@ -307,4 +307,4 @@ def write_claims(claims: pd.DataFrame, out: str | Path, context: str = "") -> li
     return [md, csv]
 
 
-__all__ = ["CLAIMS_COLUMNS", "Claim", "claims_markdown", "study_claims", "write_claims", "RobenchError"]
+__all__ = ["CLAIMS_COLUMNS", "Claim", "claims_markdown", "study_claims", "write_claims"]

@@ -140,11 +140,16 @@ def show(runs: tuple[str, ...]) -> None:
         table.add_row(
             run, meta["config"]["model"], meta.get("defense", "?"), str(meta.get("epochs_done", 0)),
             f"{metrics.get('test_accuracy', float('nan')):.4f}",
-            f"{metrics.get('test_jacobian_norm_normalized', float('nan')):.3f}",
+            _number(metrics.get("test_jacobian_norm_normalized")),
             f"{metrics.get('test_jacobian_norm_pixel', metrics.get('test_jacobian_norm', float('nan'))):.3f}",
             f"{meta.get('train_seconds', float('nan')):.0f}",
         )  # fmt: skip
     Console().print(table)
+
+
+def _number(value, digits: int = 3) -> str:
+    """A metric for a table: '—' where a run does not have it (a run from before the metric existed)."""
+    return "—" if not isinstance(value, (int, float)) or value != value else f"{value:.{digits}f}"
 
 
 @cli.command(name="eval")

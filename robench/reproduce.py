@@ -96,6 +96,15 @@ class ReproduceConfig:
         if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**31 for s in seeds):
             raise RobenchError(f"--seeds must be integers in [0, 2^31), got {', '.join(map(str, seeds))}")
         object.__setattr__(self, "seeds", seeds)
+        for name, value in (("--n", self.n), ("--train-subset", self.train_subset),
+                            *((f"--attack-n {a}", k) for a, k in self.attack_n.items())):  # fmt: skip
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise RobenchError(f"{name} must be a positive integer, got {value}")
+        for attack, grid in self.eps.items():
+            if not grid or any(not 0 <= e < float("inf") for e in grid):
+                raise RobenchError(f"--eps {attack}= needs finite epsilons >= 0, got {', '.join(map(str, grid))}")
+        if not self.adv_eps >= 0:
+            raise RobenchError(f"--adv-eps must be >= 0, got {self.adv_eps}")
 
     def run_name(self, defense: str, seed: int) -> str:
         """The run directory a defense's model for a seed lives in (aliases share one)."""

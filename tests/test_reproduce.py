@@ -85,6 +85,9 @@ def test_defense_grid_is_the_papers():
     (["--adv-eps", "-1"], "--adv-eps must be >= 0"),
     (["--warmup-epochs", "500"], "--warmup-epochs must be in"),
     (["--eps", "pgd"], "--eps takes NAME=LIST"),
+    (["--n", "0"], "--n must be a positive integer"),
+    (["--attack-n", "cw=0"], "--attack-n takes NAME=N"),
+    (["--attacks", "nosuchattack"], "nosuchattack"),
 ])  # fmt: skip
 def test_bad_study_options_are_one_line_before_any_work(tmp_path, args, message):
     out = tmp_path / "study"
