@@ -128,7 +128,7 @@ def test_sharded_eval_writes_the_rows_and_outcomes_of_one_process(tmp_path, trai
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("pgd (linf, n=110)") == 1  # rank 0 alone prints the tables
     rows = pd.read_csv(sharded)
-    assert len(rows) == len(reference) == 1 + 3 * 2 + 2  # clean, 3 attacks x 2 eps, worst case L∞ x 2 eps
+    assert len(rows) == len(reference) == 2 + 3 * 2 + 2  # clean/||J|| in 2 units, 3 attacks x 2 eps, worst case L∞ x 2 eps
     assert rows.loc[(rows["attack"] == "pgd") & (rows["epsilon"] == 0.1), "timestamp"].item() == stamp
     pd.testing.assert_frame_equal(_comparable(rows), _comparable(reference))
     key = ["attack", "epsilon", "example"]

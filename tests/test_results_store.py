@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 
 from robench.cli import cli
 from robench.evaluate import EvalConfig, evaluate
-from robench.results import LEGACY_COLUMNS, outcomes, read_results
+from robench.results import JACOBIAN_ATTACKS, LEGACY_COLUMNS, outcomes, read_results
 from robench.results.stats import paired_difference, proportion_ci
 from robench.sources import from_run
 from robench.train import TrainConfig, train
@@ -86,7 +86,7 @@ def test_worst_case_is_the_per_example_and_of_the_attacks(study):
         mine = per_example[(per_example["model_hash"] == row["model_hash"]) & (per_example["norm"] == row["norm"])]
         eps = row["epsilon"]
         robust = np.ones(120, dtype=bool)
-        for attack, group in mine[~mine["attack"].isin(["worst_case", "jacobian_norm"])].groupby("attack"):
+        for attack, group in mine[~mine["attack"].isin(["worst_case", *JACOBIAN_ATTACKS])].groupby("attack"):
             if group["distance"].notna().any():  # CW: broken at eps when its minimal distance <= eps
                 d = group[group["epsilon"] == group["epsilon"].iloc[0]].sort_values("example")["distance"].to_numpy()
                 robust &= d > eps
@@ -95,7 +95,7 @@ def test_worst_case_is_the_per_example_and_of_the_attacks(study):
                 robust &= at >= 1
         assert row["accuracy"] == pytest.approx(robust.mean(), abs=1e-12)
         others = rows[(rows["model_hash"] == row["model_hash"]) & (rows["norm"] == row["norm"])
-                      & np.isclose(rows["epsilon"], eps) & ~rows["attack"].isin(["worst_case", "jacobian_norm"])]
+                      & np.isclose(rows["epsilon"], eps) & ~rows["attack"].isin(["worst_case", *JACOBIAN_ATTACKS])]
         assert (row["accuracy"] <= others["accuracy"] + 1e-12).all()
     # CW has no row at L2 eps 1.5, yet its distances fold in there: the worst case is below PGD-L2 alone
     at15 = worst[(worst["norm"] == "l2") & np.isclose(worst["epsilon"], 1.5)]
@@ -154,7 +154,7 @@ def test_batch_size_changes_no_number(tmp_path, trained_run):
         results[batch] = outcomes(out).sort_values(KEY + ["example"]).reset_index(drop=True)
     a, b = results[500], results[37]
     pd.testing.assert_frame_equal(a, b)
-    assert set(a["attack"]) == {"jacobian_norm", "fgsm", "pgd", "noise", "cw", "worst_case"}
+    assert set(a["attack"]) == {"jacobian_norm", "jacobian_norm_normalized", "fgsm", "pgd", "noise", "cw", "worst_case"}
 
 
 def test_an_old_csv_still_reads_resumes_and_reports(tmp_path, study):
@@ -173,8 +173,8 @@ def test_an_old_csv_still_reads_resumes_and_reports(tmp_path, study):
                     "--quiet", "--out", legacy)  # fmt: skip
     assert result.exit_code == 0, result.output
     now = pd.read_csv(legacy)
-    assert (now["protocol"] == 1).sum() == len(old) and (now["protocol"] == 2).sum() == 3  # ||J|| + 2 eps
-    assert len(outcomes(legacy)) == 3 * 120
+    assert (now["protocol"] == 1).sum() == len(old) and (now["protocol"] == 2).sum() == 4  # ||J|| in 2 units + 2 eps
+    assert len(outcomes(legacy)) == 4 * 120
 
 
 def test_merge_combines_rows_and_outcomes_once(tmp_path, trained_run, jr_run):
