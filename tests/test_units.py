@@ -175,3 +175,22 @@ def test_every_written_norm_names_its_units(tmp_path, trained_run):
     assert summary["jacobian_norm_pixel"].iloc[0] == summary["jacobian_norm"].iloc[0] == pytest.approx(pixel["value"])
     shown = CliRunner().invoke(cli, ["show", str(trained_run)])
     assert "normalized" in shown.output and "pixel" in shown.output
+
+
+@pytest.mark.parametrize("n_proj", [None, 3])
+def test_every_method_scales_the_jacobian_alike(n_proj):
+    """The batched (vmap) path applies the normalized-units scale as the reference path does."""
+    torch.manual_seed(0)
+    model = xavier_init_(build_model("mlp", "cifar10")).double().eval()
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    scale = input_std(model)
+    results = []
+    for method in ("autograd", "vmap"):
+        generator = torch.Generator().manual_seed(1)
+        _, sq = logits_and_frobenius_sq(model, x, n_proj=n_proj, generator=generator, method=method,
+                                        input_scale=scale, create_graph=False)  # fmt: skip
+        results.append(sq)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=0)
+    if n_proj is None:  # and the scale is applied at all: unscaled pixel norms are ~16x larger
+        _, plain = logits_and_frobenius_sq(model, x, n_proj=None, create_graph=False)
+        assert (plain > 10 * results[0]).all()
