@@ -19,9 +19,9 @@ from typing import Callable, Hashable
 import pandas as pd
 
 from .errors import RobenchError
+from .results.csvfile import JACOBIAN_ATTACK as JACOBIAN, JACOBIAN_ATTACKS
 
 REQUIRED_COLUMNS = ("model", "attack", "norm", "epsilon", "accuracy")
-JACOBIAN = "jacobian_norm"
 GREY_EPS = 0.5  # at L∞ ε >= 0.5 every [0, 1] image can be moved to the all-grey image
 EPS_DECIMALS = 9  # ε read back from CSV is compared after rounding
 
@@ -172,7 +172,7 @@ def _findings(df: pd.DataFrame, tolerance: float, relations: dict | None) -> lis
     out = []
     for _, model_rows in df.groupby(by, sort=False):
         jac = model_rows[model_rows["attack"] == JACOBIAN]
-        rows = model_rows[~model_rows["attack"].isin((JACOBIAN, JACOBIAN + "_normalized"))].copy()
+        rows = model_rows[~model_rows["attack"].isin(JACOBIAN_ATTACKS)].copy()
         for column in ("grey_share", "distinct_predictions"):
             if column in jac.columns and len(jac) and pd.notna(jac[column].iloc[-1]):
                 rows.attrs[column] = float(jac[column].iloc[-1])

@@ -23,7 +23,7 @@ Measures (each per test image, averaged over the study's seeds, so seeds and ima
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ class Claim:
     seeds: int = 0
     verdict: str = "not measured"
     evidence: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _verdict(low: float, high: float, threshold: float) -> str:
@@ -67,6 +66,13 @@ def _verdict(low: float, high: float, threshold: float) -> str:
     if high < threshold:
         return "does not hold"
     return "inconclusive"
+
+
+def _all_hold(verdicts: list[str]) -> str:
+    """A claim over several comparisons: holds if each one does, does not hold if any one does not."""
+    if all(v == "holds" for v in verdicts):
+        return "holds"
+    return "does not hold" if "does not hold" in verdicts else "inconclusive"
 
 
 class Evidence:
@@ -84,6 +90,7 @@ class Evidence:
         self.rows = current_rows(read_results(csv))
         self.table = outcomes(csv)
         self._clean: dict[str, np.ndarray] = {}
+        self._test_set = None
 
     def has(self, *defenses: str) -> list[str]:
         """The defenses of these the study lacks."""
@@ -130,15 +137,18 @@ class Evidence:
         return None
 
     def clean(self, defense: str) -> np.ndarray:
-        """Per image of the full test set: correctness averaged over seeds (seeds x images kept in extra)."""
+        """Per seed and image of the test set the runs were trained against: clean correctness (seeds x images)."""
         if defense not in self._clean:
             from .data import load_dataset
             from .metrics import predict
             from .sources import from_run
 
             runs = [from_run(self.out / "runs" / r) for r in self.runs[defense]]
-            config = runs[0].meta["config"]
-            x, y = load_dataset("mnist", "test", root=config.get("data_root"), subset=config.get("test_subset"))
+            if self._test_set is None:  # every run of a study is trained against the same test set
+                config = runs[0].meta["config"]
+                self._test_set = load_dataset("mnist", "test", root=config.get("data_root"),
+                                              subset=config.get("test_subset"))  # fmt: skip
+            x, y = self._test_set
             self._clean[defense] = np.stack([(predict(r.model.eval(), x) == y).numpy().astype(float) for r in runs])
         return self._clean[defense]
 
@@ -158,9 +168,7 @@ def _beats(evidence: Evidence, a: str, others: list[str], attack: str, norm: str
         n = min(len(score_a[0]), len(score_b[0]))
         diff = paired_difference(score_a[0][:n], score_b[0][:n])
         results.append((b, diff, float(score_a[0][:n].mean()), float(score_b[0][:n].mean()), n))
-    verdicts = [_verdict(d.low, d.high, 0.0) for _, d, *_ in results]
-    verdict = ("holds" if all(v == "holds" for v in verdicts)
-               else "does not hold" if "does not hold" in verdicts else "inconclusive")  # fmt: skip
+    verdict = _all_hold([_verdict(d.low, d.high, 0.0) for _, d, *_ in results])
     b, diff, acc_a, acc_b, n = min(results, key=lambda r: r[1].difference)
     eps = ", ".join(f"{e:g}" for e in score_a[1])
     others_text = "; ".join(f"{o}: {100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
@@ -255,9 +263,7 @@ def _clean_claim(evidence: Evidence) -> Claim:
         correct = evidence.clean(defense)
         low, high = proportion_ci(float(correct.mean()), int(correct.size))
         found.append((defense, float(correct.mean()), low, high, correct.shape[1]))
-    verdicts = [_verdict(lo, hi, ABOUT_99) for _, _, lo, hi, _ in found]
-    claim.verdict = ("holds" if all(v == "holds" for v in verdicts)
-                     else "does not hold" if "does not hold" in verdicts else "inconclusive")  # fmt: skip
+    claim.verdict = _all_hold([_verdict(lo, hi, ABOUT_99) for _, _, lo, hi, _ in found])
     worst = min(found, key=lambda f: f[2])
     claim.measure = "clean test accuracy pooled over seeds, Clopper-Pearson interval; the lowest defense"
     claim.estimate, claim.ci_low, claim.ci_high, claim.n = worst[1], worst[2], worst[3], worst[4]

@@ -171,10 +171,10 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
         "protocol": PROTOCOL,
     }  # fmt: skip
     done = world.on_main(lambda: store.done(source.model_hash, len(y), config.seed, PROTOCOL))
-    if (JACOBIAN_ATTACK, "exact", 0.0) not in done:  # on rank 0 alone: the same value as a single process
-        world.on_main(lambda: store.add([_clean_row(model, x, y, base)]))
-    if (JACOBIAN_NORMALIZED, "exact", 0.0) not in done and input_std(model) is not None:
-        world.on_main(lambda: store.add([_normalized_norm_row(model, x, y, base)]))
+    wanted = [JACOBIAN_ATTACK] + ([JACOBIAN_NORMALIZED] if input_std(model) is not None else [])
+    missing = [a for a in wanted if (a, "exact", 0.0) not in done]
+    if missing:  # on rank 0 alone: the same values as a single process
+        world.on_main(lambda: store.add(_clean_rows(model, x, y, base, missing)))
     fmodel = foolbox_model(model, world.device)
     for spec in specs:
         todo = [e for e in grids[spec.name] if (spec.name, spec.spec_hash, eps_key(e)) not in done]
@@ -189,37 +189,30 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
     return store.table([source.model_hash]) if world.is_main else pd.DataFrame()
 
 
-def _clean_row(model, x, y, base) -> dict:
-    """Clean correctness, each image's exact ||J||_F (pixel units), the grey-image share and how many
-    distinct classes the model predicts (1: a degenerate model whose "robustness" is a class share)."""
+def _clean_rows(model, x, y, base, attacks: list[str]) -> list[dict]:
+    """The clean rows asked for, from one pass of clean predictions: clean correctness and each image's
+    exact ||J||_F, in pixel units (`jacobian_norm`, with the grey-image share and how many distinct
+    classes the model predicts: 1 is a degenerate model whose "robustness" is a class share) and in the
+    paper's units (`jacobian_norm_normalized`: the pixel Jacobian with each channel scaled by the
+    model's input std, which needs its Normalize layer)."""
     with torch.no_grad():
         preds = torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(y), 500)])
         grey = model(torch.full((1, *x.shape[1:]), 0.5, device=x.device)).argmax(1)
-    correct = preds == y
-    norms = jacobian_norm(model, x).detach()
-    correct, norms = correct.double().cpu().numpy(), norms.double().cpu().numpy()
-    return {
-        **base, "attack": JACOBIAN_ATTACK, "norm": "l2", "epsilon": 0.0, "spec_hash": "exact",
-        "attack_params": json.dumps({"mode": "exact", "units": "pixel"}), "accuracy": float(correct.mean()),
-        "value": float(norms.mean()), "grey_share": float((y == grey).double().mean()),
-        "distinct_predictions": int(preds.unique().numel()), "timestamp": _now(),
-        "_robust": correct, "_value": norms,
-    }  # fmt: skip
-
-
-def _normalized_norm_row(model, x, y, base) -> dict:
-    """Each image's exact ||J||_F in the paper's units, d logits / d (normalized input): the pixel
-    Jacobian with each channel scaled by the model's input std (needs its Normalize layer)."""
-    with torch.no_grad():
-        correct = torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(y), 500)]) == y
-    norms = jacobian_norm(model, x, units="normalized").detach().double().cpu().numpy()
-    std = [round(float(s), 6) for s in input_std(model).flatten()]
-    return {
-        **base, "attack": JACOBIAN_NORMALIZED, "norm": "l2", "epsilon": 0.0, "spec_hash": "exact",
-        "attack_params": json.dumps({"mode": "exact", "units": "normalized", "input_std": std}),
-        "accuracy": float(correct.double().mean()), "value": float(norms.mean()), "timestamp": _now(),
-        "_robust": correct.double().cpu().numpy(), "_value": norms,
-    }  # fmt: skip
+    correct = (preds == y).double().cpu().numpy()
+    rows = []
+    for attack in attacks:
+        units = "normalized" if attack == JACOBIAN_NORMALIZED else "pixel"
+        norms = jacobian_norm(model, x, units=units).detach().double().cpu().numpy()
+        params = {"mode": "exact", "units": units}
+        row = {**base, "attack": attack, "norm": "l2", "epsilon": 0.0, "spec_hash": "exact",
+               "accuracy": float(correct.mean()), "value": float(norms.mean()), "timestamp": _now(),
+               "_robust": correct, "_value": norms}  # fmt: skip
+        if units == "normalized":
+            params["input_std"] = [round(float(s), 6) for s in input_std(model).flatten()]
+        else:
+            row.update(grey_share=float((y == grey).double().mean()), distinct_predictions=int(preds.unique().numel()))
+        rows.append({**row, "attack_params": json.dumps(params)})
+    return rows
 
 
 def _load_test_set(source, config: EvalConfig, world: distributed.World):
