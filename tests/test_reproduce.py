@@ -132,7 +132,7 @@ def test_quick_reproduction_finishes_and_restarts_for_free(tmp_path):
 
 @pytest.mark.slow
 def test_quick_recipe_does_not_collapse_for_any_seed(tmp_path):
-    """The short recipe (10,000 images, 2 epochs, half-epoch warm-up) on every defense and seeds 0-4:
+    """The short recipe (10,000 images, 2 epochs, one-epoch warm-up) on every defense and seeds 0-4:
     no model below 95% clean test accuracy (without the warm-up, 'none' seed 3 ended at 27%)."""
     from robench.train import train
 
