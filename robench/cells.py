@@ -56,8 +56,11 @@ class CellsConfig:
 
     def validate(self) -> "CellsConfig":
         """Raise RobenchError on values no plot could use; return self for chaining."""
+        from .limits import check_seed
+
         if self.index < 0:
             raise RobenchError(f"--index must be >= 0, got {self.index}")
+        check_seed("--seed", self.seed)
         if self.plane not in PLANES:
             raise RobenchError(f"--plane must be one of {', '.join(PLANES)}, got {self.plane!r}")
         if not (math.isfinite(self.span) and self.span > 0):

@@ -31,6 +31,7 @@ RUN_FILES = (MODEL_FILE, META_FILE, LOG_FILE, OPTIMIZER_FILE)
 # Training settings added after runs existed, with the value every run saved without them had then:
 # before `jr_units`, the penalty was taken in pixel units; before `warmup_epochs`, there was none.
 LEGACY_CONFIG = {"jr_units": "pixel", "warmup_epochs": 0.0}
+MAX_META_BYTES = 1 << 20  # robench's own meta.json is ~2 kB
 
 
 def save_weights(run_dir: str | os.PathLike, model: nn.Module, epoch: int) -> None:
@@ -52,13 +53,18 @@ def save_optimizer(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer,
 
 def load_optimizer_state(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """Read optimizer.pt with weights_only=True (refuses arbitrary pickled objects); None if absent."""
+    from .fileio import refuse_special
+    from .schemas import check_optimizer
+
     path = Path(run_dir) / OPTIMIZER_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+    refuse_special(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise RobenchError(f"optimizer state {path} is unreadable ({type(exc).__name__})") from None
+    return check_optimizer(payload, path)
 
 
 def save_meta(run_dir: str | os.PathLike, meta: dict[str, Any]) -> None:
@@ -67,20 +73,45 @@ def save_meta(run_dir: str | os.PathLike, meta: dict[str, Any]) -> None:
 
 
 def read_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a run directory's meta.json."""
+    """Read and check a run directory's meta.json, field by field (`schemas.check_meta`)."""
+    from .fileio import refuse_special
+    from .schemas import check_meta
+
     run_dir = Path(run_dir)
     path = run_dir / META_FILE
     if not run_dir.is_dir():
         raise RobenchError(f"no checkpoint at {run_dir}: not a directory")
+    refuse_special(path)
     if not path.is_file():
         raise RobenchError(f"no checkpoint at {run_dir}: {META_FILE} is missing")
+    if path.stat().st_size > MAX_META_BYTES:
+        raise RobenchError(f"checkpoint {run_dir} is corrupt: {META_FILE} is {path.stat().st_size:,} bytes")
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise RobenchError(f"checkpoint {run_dir} is corrupt: {META_FILE} is not valid JSON") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise RobenchError(f"checkpoint {run_dir} is corrupt: {META_FILE} has no training config")
+    meta = check_meta(meta, path)
+    meta.setdefault("epochs_done", 0)
+    meta.setdefault("finished", False)
     return _complete_legacy(meta)
+
+
+def read_log(run_dir: str | os.PathLike):
+    """A run's log.csv as a DataFrame, checked to be robench's (`schemas.check_log`)."""
+    import pandas as pd
+
+    from .fileio import refuse_special
+    from .rundir import LOG_COLUMNS
+    from .schemas import check_log
+
+    path = Path(run_dir) / LOG_FILE
+    refuse_special(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        raise RobenchError(f"{path} is not a readable training log; use --force to start over") from None
+    check_log(df, path, LOG_COLUMNS)
+    return df
 
 
 def _complete_legacy(meta: dict[str, Any]) -> dict[str, Any]:
@@ -96,23 +127,31 @@ def _complete_legacy(meta: dict[str, Any]) -> dict[str, Any]:
 
 def read_weights(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int]:
     """Read a run's model.safetensors; returns (state dict, epoch stored in its header)."""
+    from .fileio import refuse_special
+
     path = Path(run_dir) / MODEL_FILE
+    refuse_special(path)
     if not path.is_file():
         raise RobenchError(f"no checkpoint at {run_dir}: {MODEL_FILE} is missing")
     state, header = read_weights_file(path)
-    return state, int(header.get("robench_epoch", "-1"))
+    return state, int(header.get("robench_epoch", "-1"))  # -1: weights saved by hand (resume refuses them)
 
 
 def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read any safetensors file; returns (state dict, header metadata)."""
+    """Read any safetensors file; returns (state dict, header metadata), checked (`schemas.check_weights`)."""
     from safetensors import safe_open
 
+    from .fileio import require_regular_file
+    from .schemas import check_weights
+
+    require_regular_file(path, "weights file")
     try:
         with safe_open(str(path), framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys()}
             header = handle.metadata() or {}
     except Exception as exc:
         raise RobenchError(f"checkpoint {path} is corrupt ({type(exc).__name__})") from None
+    check_weights(state, header, Path(path))
     return state, header
 
 
@@ -135,10 +174,14 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tupl
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load a state dict strictly, turning a mismatch into a one-line architecture error."""
+    """Load a state dict strictly, turning a mismatch into a one-line architecture error; weights
+    with inf or NaN are refused (a diverged model has no robustness to measure)."""
+    from .schemas import check_finite_weights
+
+    check_finite_weights(state, source)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:
         first = str(exc).splitlines()[0].rstrip(":. ")
         missing = [k for k in model.state_dict() if k not in state]
         detail = f"{len(missing)} missing keys, e.g. {missing[0]}" if missing else first

@@ -1,16 +1,21 @@
 """The `robench` command line: parse options into config objects, call the library, print.
 
-No logic lives here. Every RobenchError (and an unwritable path) becomes a one-line message on
-stderr and exit status 1, in one place: `RobenchGroup.invoke`.
+No logic lives here. Every RobenchError, operating-system error (full disk, read-only file system,
+too long a name) and database error becomes a one-line message on stderr and exit status 1, in one
+place: `RobenchGroup.invoke`. Anything else is a robench bug: it too ends in one line (exit status
+2) naming the exception, and ROBENCH_TRACEBACK=1 shows the traceback for the bug report.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import sys
 
 import click
 
 from .errors import RobenchError
+from .untrusted import for_console
 from .cells import PLANES, CellsConfig
 from .evaluate import EvalConfig
 from .report import FORMATS
@@ -24,9 +29,17 @@ CELLS_DEFAULTS = CellsConfig()
 class RobenchGroup(click.Group):
     """A click group that turns user-facing errors into one line and a non-zero exit."""
 
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:  # `robench --bogus`: one line too
+            raise _one_line(exc) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # one line too, not click's usage block; exit status 2 as click's
+            raise _one_line(exc) from None
         except RobenchError as exc:
             raise click.ClickException(str(exc)) from None
         except PermissionError as exc:
@@ -34,9 +47,30 @@ class RobenchGroup(click.Group):
         except OSError as exc:
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"results database error: {exc}") from None
+        except MemoryError:
+            raise click.ClickException("out of memory; try a smaller --batch-size or --n") from None
         except KeyboardInterrupt:
             click.echo("interrupted; finished work is saved, rerun the same command to resume", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: still one line, never a traceback (unless asked for)
+            if os.environ.get("ROBENCH_TRACEBACK"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            click.echo(f"Error: internal error ({type(exc).__name__}: {first}); please report it with the "
+                       "command that caused it (ROBENCH_TRACEBACK=1 shows the traceback)", err=True)
+            sys.exit(2)
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    """A usage error as one `Error:` line pointing at --help, keeping click's exit status 2."""
+    where = exc.ctx.command_path if exc.ctx is not None else "robench"
+    error = click.ClickException(f"{exc.format_message()} (see {where} --help)")
+    error.exit_code = exc.exit_code
+    return error
 
 
 @click.group(cls=RobenchGroup, context_settings={"auto_envvar_prefix": "ROBENCH", "show_default": True})
@@ -138,11 +172,12 @@ def show(runs: tuple[str, ...]) -> None:
         meta = read_meta(run)
         metrics = meta.get("metrics", {})
         table.add_row(
-            run, meta["config"]["model"], meta.get("defense", "?"), str(meta.get("epochs_done", 0)),
-            f"{metrics.get('test_accuracy', float('nan')):.4f}",
+            for_console(run), for_console(meta["config"]["model"]), for_console(meta.get("defense", "?")),
+            str(meta.get("epochs_done", 0)),
+            _number(metrics.get("test_accuracy"), 4),
             _number(metrics.get("test_jacobian_norm_normalized")),
-            f"{metrics.get('test_jacobian_norm_pixel', metrics.get('test_jacobian_norm', float('nan'))):.3f}",
-            f"{meta.get('train_seconds', float('nan')):.0f}",
+            _number(metrics.get("test_jacobian_norm_pixel", metrics.get("test_jacobian_norm"))),
+            _number(meta.get("train_seconds"), 0),
         )  # fmt: skip
     Console().print(table)
 
@@ -200,7 +235,7 @@ def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, wei
     for table in attack_tables(df):
         stdout.print(table)
     for line in warnings_for(df):
-        console().print(f"[yellow]warning:[/] {line}")
+        console().print(f"[yellow]warning:[/] {for_console(line)}")
 
 
 @cli.command()
@@ -262,11 +297,11 @@ def compare(model_a: str, model_b: str, attack: str | None, results: tuple[str, 
     from .results.compare_cli import compare_from_files
 
     found, label_a, label_b = compare_from_files(list(results) or ["results/mnist.csv"], model_a, model_b, attack)
-    table = Table(title=f"{label_a} vs {label_b}: difference in accuracy (points), 95% CI, exact McNemar p")
+    table = Table(title=f"{for_console(label_a)} vs {for_console(label_b)}: difference in accuracy (points), 95% CI, exact McNemar p")
     for column in ("attack", "norm", "eps", "n", "A", "B", "A - B", "95% CI", "p", "A only", "B only"):
         table.add_column(column, justify="left" if column in ("attack", "norm") else "right")
     for c in found:
-        table.add_row(c["attack"], NORM_SYMBOL.get(c["norm"], c["norm"]), f"{c['epsilon']:g}", str(c["n"]),
+        table.add_row(for_console(c["attack"]), for_console(NORM_SYMBOL.get(c["norm"], c["norm"])), f"{c['epsilon']:g}", str(c["n"]),
                       f"{c['accuracy_a']:.3f}", f"{c['accuracy_b']:.3f}", f"{100 * c['difference']:+.1f}",
                       f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]", f"{c['p_value']:.2g}",
                       str(c["a_only"]), str(c["b_only"]))  # fmt: skip
@@ -319,7 +354,7 @@ def reproduce() -> None:
 @click.option("--seeds", default=None, help="Training seeds, e.g. 0,1,2,3,4 (a single N means seeds 0..N-1; full: 0-4, quick: 0).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (full: 250, the paper's recipe; quick: 2).")
 @click.option("--train-subset", type=int, default=None, help="Train on the first N images (full: all 60,000).")
-@click.option("--warmup-epochs", type=float, default=None, help="Linear lr warm-up (full: 0, the paper's recipe; quick: 0.5).")
+@click.option("--warmup-epochs", type=float, default=None, help="Linear lr warm-up (full: 0, the paper's recipe; quick: 1).")
 @click.option("--adv-eps", type=float, default=None, help="FGSM adversarial-training epsilon, L-inf in pixels (default 0.1; see reproduce.py).")
 @click.option("--n", type=int, default=None, help="Attack the first N test images (full: all 10,000).")
 @click.option("--defenses", default=None, help="Comma-separated: none, l2, dropout, jr, all (Table 1), base, base+adv, "
@@ -354,6 +389,9 @@ def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, eps_gr
         changes["seeds"] = _parse_seeds(changes["seeds"])
     config = replace(config, device=device, **changes)
     config.train_configs()  # every option checked before any work starts
+    from .reproduce import check_attack_names
+
+    check_attack_names(config, [*(_parse_eps_grids(eps_grids) if eps_grids else {}), *changes.get("attack_n", {})])
     report = reproduce_mnist(config, out, fmt=fmt)
     for table in summary_tables(report.summary):
         Console().print(table)

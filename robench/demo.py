@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from .untrusted import for_console
+
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 DEMO_DIR = Path("checkpoints") / "demo"
@@ -63,14 +65,14 @@ def main() -> None:
     for table in attack_tables(df):
         out.print(table)
     for line in warnings_for(df):
-        out.print(f"[yellow]warning:[/] {line}")
+        out.print(f"[yellow]warning:[/] {for_console(line)}")
     rows = current_rows(df)
     found = compare_models(rows, outcomes(DEMO_CSV), sources[1].model_hash, sources[0].model_hash,
                            attack="worst_case")  # fmt: skip
     out.print("[bold]did JR help?[/] (worst case over FGSM, PGD-40 and AutoAttack, 95% interval, exact McNemar test)")
     for item in found:
         if item["epsilon"] > 0:
-            out.print("  " + describe(item, sources[1].defense, sources[0].defense))
+            out.print("  " + for_console(describe(item, sources[1].defense, sources[0].defense)))
     out.print(f"demo finished in {time.perf_counter() - started:.0f} s; rows in {DEMO_CSV}")
 
 

@@ -42,6 +42,7 @@ from .attacks.suites import Suite, resolve
 from .data import load_dataset, to_unit_float
 from .devices import configure_tf32
 from .errors import RobenchError
+from .untrusted import for_console
 from .jacobian import input_std, jacobian_norm
 from .progress import make_progress
 from .results import JACOBIAN_ATTACK, JACOBIAN_NORMALIZED, ResultsStore, check_writable, eps_key, median_or_inf
@@ -80,10 +81,11 @@ class EvalConfig:
             raise RobenchError(f"--n must be >= 1, got {self.n}")
         if self.batch_size < 1:
             raise RobenchError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.seed < 2**63:
-            raise RobenchError(f"--seed must be in [0, 2^63), got {self.seed}")
-        if self.eps is not None and any(e < 0 for e in self.eps):
-            raise RobenchError("epsilon must be >= 0")
+        from .limits import check_seed
+
+        check_seed("--seed", self.seed)
+        if self.eps is not None and not all(0 <= e < float("inf") for e in self.eps):
+            raise RobenchError(f"--eps needs finite epsilons >= 0, got {', '.join(map(str, self.eps))}")
         return self
 
 
@@ -183,7 +185,7 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
         spec_base = {**base, "attack": spec.name, "norm": spec.norm, "spec_hash": spec.spec_hash,
                      "attack_params": spec.params_json}  # fmt: skip
         size = shard[1] - shard[0]
-        task = progress.add_task(f"{Path(source.name).name}: {spec.name}", total=max(1, len(todo) * size), status="")
+        task = progress.add_task(for_console(f"{Path(source.name).name}: {spec.name}"), total=max(1, len(todo) * size), status="")
         run = {"minimization": _run_minimization, "fixed": _run_fixed, "suite": _run_suite}[spec.kind]
         run(spec, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task)
     return store.table([source.model_hash]) if world.is_main else pd.DataFrame()

@@ -52,6 +52,19 @@ def folder_classes(folder: Path) -> list[str]:
     return classes
 
 
+def _regular_image(path: str) -> bool:
+    """ImageFolder's extension test, plus a refusal of anything but a regular file under an image
+    name: decoding a FIFO would block forever."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    from .fileio import refuse_special
+
+    if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+        return False
+    refuse_special(path)
+    return True
+
+
 def default_workers() -> int:
     """min(8, CPU count): enough to keep one GPU fed with decoded 224 px images."""
     return min(8, os.cpu_count() or 1)
@@ -76,7 +89,7 @@ def load_image_folder(
 
     folder_classes(folder)  # a one-line error for a missing folder or one without class folders
     try:
-        dataset = ImageFolder(str(folder), transform=eval_transform())
+        dataset = ImageFolder(str(folder), transform=eval_transform(), is_valid_file=_regular_image)
     except FileNotFoundError:
         raise RobenchError(f"image folder {folder} holds no images; {layout(folder)}") from None
     count = len(dataset) if subset is None else min(subset, len(dataset))

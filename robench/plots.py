@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .fileio import write_atomic
+from .untrusted import for_figure
 
 FIGSIZE = (8, 5)  # inches; at DPI 100 this is the documented 800 x 500 px
 DPI = 100
@@ -63,16 +64,16 @@ def accuracy_figure(curves: list[Curve], *, title: str, xlabel: str) -> Any:
     ax = fig.add_subplot()
     for index, curve in enumerate(curves):
         color = f"C{index % 10}"
-        ax.plot(curve.eps, curve.mean, marker="o", markersize=4, color=color, label=curve.label)
+        ax.plot(curve.eps, curve.mean, marker="o", markersize=4, color=color, label=for_figure(curve.label))
         if curve.std is not None:
             ax.fill_between(curve.eps, curve.mean - curve.std, curve.mean + curve.std, color=color, alpha=0.2, lw=0)
         if curve.points is not None and curve.k > 1:  # each seed's own model, beside the mean
             for row in np.asarray(curve.points, float):
                 ax.plot(curve.eps, row, ls="none", marker=".", markersize=3, color=color, alpha=0.6)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(for_figure(xlabel))
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
+    ax.set_title(for_figure(title))
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="best", fontsize="small")
@@ -125,7 +126,7 @@ def cells_figure(result: dict[str, Any], labels: list[str], title: str) -> Any:
             where = f"nearest other class at {dist:.2f}"
         else:
             where = f"no other class within ±{result['span']:g}"
-        ax.set_title(f"{label}\n{where}", fontsize="small")
+        ax.set_title(f"{for_figure(label)}\n{where}", fontsize="small")
         ax.set_xlabel(xlabel, fontsize="small")
         ax.set_ylabel("b: random direction" + ("" if result["plane"] == "adversarial" else " 2"), fontsize="small")
         ax.set_xlim(extent[0], extent[1])
@@ -134,6 +135,6 @@ def cells_figure(result: dict[str, Any], labels: list[str], title: str) -> Any:
     colors = class_colors(num_classes)
     handles = [Patch(color=colors[c], label=str(c)) for c in range(num_classes)]
     fig.legend(handles=handles, loc="lower center", ncol=min(num_classes, 10), fontsize="small", title="predicted class")
-    fig.suptitle(title, fontsize="medium")
+    fig.suptitle(for_figure(title), fontsize="medium")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig

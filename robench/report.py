@@ -41,6 +41,7 @@ from . import __version__
 from .errors import RobenchError
 from .fileio import ensure_writable_dir, write_atomic, write_text_atomic
 from .plots import Curve
+from .untrusted import for_code_span, for_console, for_markdown, inside, slug
 from .results import JACOBIAN_ATTACK, JACOBIAN_ATTACKS, JACOBIAN_NORMALIZED, read_results
 from .results.select import curve_order, current_rows, headline, optimality, with_curve_names
 
@@ -66,8 +67,11 @@ def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
     if not paths:
         raise RobenchError("name at least one results CSV")
     frames = []
+    from .fileio import refuse_special
+
     for path in map(Path, paths):
         csv, db = store_paths(path)
+        refuse_special(path)
         if not csv.is_file() and not db.is_file():
             raise RobenchError(f"results file {path} not found" if not path.exists() else f"{path} is not a file")
         df = read_results(path)
@@ -201,7 +205,7 @@ def attack_curves(rows: pd.DataFrame, attack: str, metas: dict[str, dict | None]
 
 
 def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[str]:
-    """"JR vs none" lines (`rows`: current rows, attack names as stored): every defended model against a `none` model evaluated on the same images
+    """"JR vs none" lines, markdown with the labels escaped (`rows`: current rows, attack names as stored): every defended model against a `none` model evaluated on the same images
     (same dataset, n, seed, protocol), on the worst-case rows at every ε > 0 (on every attack's rows
     when no worst case exists). Needs per-example outcomes; rows without them are skipped."""
     from .results import outcomes
@@ -225,7 +229,7 @@ def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[str]
             found = compare_models(rows, table, model["model_hash"], base["model_hash"])
             worst = [c for c in found if c["attack"] == "worst_case" and c["epsilon"] > 0]
             for item in worst or [c for c in found if c["epsilon"] > 0]:
-                lines.append(describe(item, model["defense"], base["defense"]))
+                lines.append(describe(item, for_markdown(model["defense"]), for_markdown(base["defense"])))
             if found:
                 break
     return lines
@@ -234,14 +238,28 @@ def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[str]
 def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, fmt: str = "md") -> Report:
     """Write summary.csv, <attack>.png, report.md (and report.html for fmt="html") into out_dir.
 
-    Every input is checked, and out_dir made and tested for writing, before anything is drawn.
+    Every input is checked, and out_dir made and tested for writing, before anything is drawn. Names
+    and labels come from data: file names are slugs inside out_dir, text is shown literally, and the
+    HTML holds no raw HTML and no external reference. One writer at a time per out_dir.
     """
-    from .plots import accuracy_figure, save_png
-
     if fmt not in FORMATS:
         raise RobenchError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    from .locking import exclusive
+
     df = load_results(paths)
     out = _writable_dir(out_dir)
+    with exclusive(out):
+        return _write_report(paths, df, out, fmt)
+
+
+def png_name(attack: str) -> str:
+    """The PNG file of an attack's curves: a slug of its name (names come from the CSV, i.e. from data)."""
+    return f"{slug(attack)}.png"
+
+
+def _write_report(paths, df: pd.DataFrame, out: Path, fmt: str) -> Report:
+    from .plots import accuracy_figure, save_png
+
     rows, summary = headline(select_rows(df)), summarize(df)
     metas = {m: provenance(m) for m in rows["model"].unique()}
     files = [out / "summary.csv"]
@@ -252,14 +270,15 @@ def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         norm = rows.loc[rows["attack"] == attack, "norm"].iloc[0]
         what = "robust accuracy (worst case over attacks)" if attack.startswith("worst_case") else "accuracy"
         fig = accuracy_figure(curves[attack], title=f"{attack}: {what} vs ε", xlabel=f"ε ({norm} norm)")
-        files.append(out / f"{attack}.png")
+        files.append(inside(out, png_name(attack)))
         save_png(fig, files[-1])
     context = dict(paths=paths, rows=rows, summary=summary, curves=curves, metas=metas,
                    compared=comparisons(paths, current_rows(df)))
     files.append(out / "report.md")
-    write_text_atomic(files[-1], render_markdown(**context, images={a: f"{a}.png" for a in curves}))
+    write_text_atomic(files[-1], render_markdown(**context, images={a: png_name(a) for a in curves}))
     if fmt == "html":
-        inlined = {a: "data:image/png;base64," + base64.b64encode((out / f"{a}.png").read_bytes()).decode() for a in curves}
+        inlined = {a: "data:image/png;base64," + base64.b64encode((out / png_name(a)).read_bytes()).decode()
+                   for a in curves}  # fmt: skip
         files.append(out / "report.html")
         write_text_atomic(files[-1], markdown_to_html(render_markdown(**context, images=inlined)))
     return Report(summary, files)
@@ -281,10 +300,27 @@ def _labels(models: list[str]) -> dict[str, str]:
     return {m: s if list(short.values()).count(s) == 1 else m for m, s in short.items()}
 
 
+class Code(str):
+    """A table cell shown as a code span (model names, paths); every other string cell is plain text."""
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell that shows `value` literally, whatever characters it holds."""
+    if isinstance(value, Code):
+        return f"`{for_code_span(value)}`".replace("|", "\\|")
+    if isinstance(value, str):
+        return for_markdown(value)
+    return _fmt(value).replace("|", "\\|")
+
+
+def _code(text: Any) -> str:
+    """Inline code from data (outside tables)."""
+    return f"`{for_code_span(text)}`"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    cell = lambda v: _fmt(v).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows] + [""]
+    lines = ["| " + " | ".join(for_markdown(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows] + [""]
 
 
 def render_markdown(
@@ -295,7 +331,7 @@ def render_markdown(
     labels = _labels(list(summary["model"]))
     lines = [
         "# robench report", "",
-        f"From {', '.join(f'`{p}`' for p in paths)}; {len(summary)} models; written "
+        f"From {', '.join(_code(p) for p in paths)}; {len(summary)} models; written "
         f"{time.strftime('%Y-%m-%d %H:%M')} by robench {__version__}.", "",
     ]  # fmt: skip
     if compared:
@@ -304,7 +340,7 @@ def render_markdown(
                   "robust accuracy (worst case over attacks where one exists) in percentage points, its 95% "
                   "interval (paired t on the per-example outcomes), and the exact McNemar p-value on the "
                   "examples where the two models disagree.", ""]  # fmt: skip
-        lines += [f"- {line}" for line in compared] + [""]
+        lines += [f"- {line}" for line in compared] + [""]  # labels escaped in `comparisons`
     lines += [
         "## Summary", "",
         "`auc_worst_case_<norm>`: the worst case over every adversarial attack of that norm (the robust "
@@ -314,16 +350,18 @@ def render_markdown(
         f"accuracy over the grid (in [0, 1]; compare models on the same grid only). `eps50_<attack>`: the ε "
         f"where accuracy first falls below {LEVEL:g}, interpolated linearly (— if it never does).", "",
     ]  # fmt: skip
-    table = summary.drop(columns=["jacobian_norm"]).assign(model=summary["model"].map(lambda m: f"`{labels[m]}`"))
+    table = summary.drop(columns=["jacobian_norm"]).assign(model=summary["model"].map(lambda m: Code(labels[m])))
     lines += _table(list(table.columns), table.values.tolist())
     for attack, attack_curves_ in curves.items():
         sub = rows[rows["attack"] == attack]
         eps = sorted(sub["epsilon"].unique())
-        lines += [f"## {attack} ({sub['norm'].iloc[0]})", "", f"![{attack}]({images[attack]})", ""]
+        name = for_markdown(f"{attack} ({sub['norm'].iloc[0]})")
+        lines += [f"## {name}", "", f"![{for_markdown(attack)}]({images[attack]})", ""]
         body = []
         for model, group in sub.groupby("model", sort=False):
             by_eps = dict(zip(group["epsilon"], group["accuracy"]))
-            body.append([f"`{labels.get(model, model)}`", group["defense"].iloc[0]] + [by_eps.get(e, math.nan) for e in eps])
+            body.append([Code(labels.get(model, model)), str(group["defense"].iloc[0])]
+                        + [by_eps.get(e, math.nan) for e in eps])  # fmt: skip
         for curve in (c for c in attack_curves_ if c.k > 1):
             cells = dict(zip(curve.eps, (f"{m:.3f} ± {s:.3f}" for m, s in zip(curve.mean, curve.std))))
             body.append([f"mean of {curve.k}", curve.label] + [cells.get(e, "—") for e in eps])
@@ -335,23 +373,24 @@ def _provenance_lines(rows: pd.DataFrame, labels: dict[str, str], metas: dict[st
     lines = ["## Provenance", ""]
     for (model, model_hash), group in rows.groupby(["model", "model_hash"], sort=False):
         meta = metas.get(model)
-        lines += [f"### `{labels.get(model, model)}`", "", f"- path `{model}`, weights sha256 `{model_hash}`"]
+        lines += [f"### {_code(labels.get(model, model))}", "", f"- path {_code(model)}, weights sha256 {_code(model_hash)}"]
         if meta is None:
             lines.append("- training: provenance unavailable (no run directory with meta.json at this path)")
         else:
             config = meta["config"]
             flags = ", ".join(f"{k}={v}" for k, v in config.items())
             lines += [
-                f"- training seed {config.get('seed')}; defense {meta.get('defense', '?')}; "
-                f"robench {meta.get('robench_version', '?')}; torch {meta.get('versions', {}).get('torch', '?')}",
-                f"- training flags: `{flags}`",
+                "- " + for_markdown(f"training seed {config.get('seed')}; defense {meta.get('defense', '?')}; "
+                                    f"robench {meta.get('robench_version', '?')}; torch "
+                                    f"{meta.get('versions', {}).get('torch', '?')}"),
+                f"- training flags: {_code(flags)}",
             ]  # fmt: skip
         evals = sorted({str(v) for v in group["robench_version"].dropna()})
-        lines.append(f"- evaluated by robench {', '.join(evals) or '?'}:")
+        lines.append(f"- evaluated by robench {for_markdown(', '.join(evals) or '?')}:")
         for attack, n, seed, params in group.drop_duplicates("attack", keep="last")[
             ["attack", "n", "seed", "attack_params"]
         ].values:  # fmt: skip
-            lines.append(f"  - {attack} on n={int(n)} test images, seed {int(seed)}: `{params}`")
+            lines.append(f"  - {for_markdown(attack)} on n={int(n)} test images, seed {int(seed)}: {_code(params)}")
         lines.append("")
     return lines + _band_notes(rows, metas)
 
@@ -366,7 +405,7 @@ def _band_notes(rows: pd.DataFrame, metas: dict[str, dict | None]) -> list[str]:
         keys = sorted({k for c in configs for k in c} - set(CONFIG_IGNORED))
         differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
         if differ:
-            notes.append(f"- Models labelled `{defense}` differ in more than their seed ({', '.join(differ)}): "
+            notes.append(f"- Models labelled {_code(defense)} differ in more than their seed ({for_markdown(', '.join(differ))}): "
                          "their band mixes training recipes.")  # fmt: skip
     return (["## Notes", ""] + notes + [""]) if notes else []
 
@@ -409,6 +448,7 @@ def summary_tables(summary: pd.DataFrame) -> list[Any]:
         for column in columns:
             table.add_column(header(column).replace("_", " "), justify="right")
         for record in summary.to_dict("records"):
-            table.add_row(labels[record["model"]], record["defense"], *(_fmt(record[c]) for c in columns))
+            table.add_row(for_console(labels[record["model"]]), for_console(record["defense"]),
+                          *(_fmt(record[c]) for c in columns))  # fmt: skip
         tables.append(table)
     return tables

@@ -8,6 +8,7 @@ and a killed run resumes after its last finished epoch.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from pathlib import Path
@@ -31,18 +32,40 @@ RUNTIME_OPTIONS = ("device", "data_root", "compile", "tf32")
 
 
 def prepare_run_dir(config, out_dir: Path, *, resume: bool, force: bool):
-    """Create or check `out_dir`; return (first epoch to run, saved state or None)."""
-    exists = (out_dir / checkpoint.META_FILE).exists() or (out_dir / checkpoint.MODEL_FILE).exists()
-    if exists and not (resume or force):
-        raise RobenchError(f"{out_dir} already holds a run; pass --resume to continue it or --force to overwrite it")
-    if exists and force:
-        for name in checkpoint.RUN_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-        exists = False
+    """Check `out_dir` before any training; return (first epoch to run, saved state or None, replacing).
+
+    Nothing is deleted here. With --force an existing run stays on disk (`replacing` is True) until
+    the new run has its first epoch to save (`clear_run`), so a forced run that fails on bad input,
+    diverges or is interrupted in its first epoch leaves the old run as it was. Files robench did not
+    write (a log.csv or weights without a meta.json) are never overwritten or merged with, --force
+    or not.
+    """
+    from .fileio import refuse_special
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RobenchError(f"--out {out_dir} is not a directory")
+    for name in checkpoint.RUN_FILES:
+        refuse_special(out_dir / name)
+    present = [name for name in checkpoint.RUN_FILES if os.path.lexists(out_dir / name)]
+    if present and checkpoint.META_FILE not in present:
+        raise RobenchError(
+            f"{out_dir} holds {', '.join(present)} but no {checkpoint.META_FILE}, so robench did not write it "
+            "(or its run lost its meta.json); robench never overwrites such files: move them away or choose another --out"
+        )  # fmt: skip
     ensure_writable_dir(out_dir, f"cannot write to {out_dir}")
-    if not exists:
-        return 0, None
-    meta = checkpoint.read_meta(out_dir)
+    if not present:
+        return 0, None, False
+    if not (resume or force):
+        raise RobenchError(f"{out_dir} already holds a run; pass --resume to continue it or --force to overwrite it")
+    try:
+        meta = checkpoint.read_meta(out_dir)
+    except RobenchError as exc:
+        if force:
+            raise RobenchError(f"{exc}; --force replaces only a readable robench run: move this one's files "
+                               "away to start over") from None  # fmt: skip
+        raise
+    if force:
+        return 0, None, True
     saved = meta["config"]
     mine = dataclasses.asdict(config)
     # Without a penalty its units change nothing: a plain run resumes whichever units are asked for.
@@ -51,9 +74,21 @@ def prepare_run_dir(config, out_dir: Path, *, resume: bool, force: bool):
     if changed:
         raise RobenchError(f"--resume with different settings ({', '.join(changed)}) than {out_dir}; use --force to start over")
     weights, epoch = checkpoint.read_weights(out_dir)
+    # Weights are saved before meta.json, so a run killed in between has weights one epoch ahead.
+    if not meta["epochs_done"] <= epoch <= meta["epochs_done"] + 1:
+        raise RobenchError(f"checkpoint {out_dir} is inconsistent: {checkpoint.MODEL_FILE} holds epoch {epoch} "
+                           f"but {checkpoint.META_FILE} says {meta['epochs_done']}; use --force to start over")  # fmt: skip
+    checkpoint.read_log(out_dir)  # a foreign or damaged log.csv is refused, not merged with
     opt = checkpoint.load_optimizer_state(out_dir)
     optimizer_state = opt["optimizer"] if opt is not None and opt["epoch"] == epoch else None
-    return epoch, {"weights": weights, "optimizer": optimizer_state, "meta": meta}
+    return epoch, {"weights": weights, "optimizer": optimizer_state, "meta": meta}, False
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove the run --force replaces, meta.json first: from then on the directory claims no epoch."""
+    for name in (checkpoint.META_FILE, *[n for n in checkpoint.RUN_FILES if n != checkpoint.META_FILE]):
+        (out_dir / name).unlink(missing_ok=True)
+
 
 def save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
     """Optimizer, weights, log, then meta.json last: meta never claims an epoch not on disk."""
@@ -63,7 +98,8 @@ def save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
     checkpoint.save_optimizer(out_dir, optimizer, epoch)
     checkpoint.save_weights(out_dir, model, epoch)
     log_path = out_dir / checkpoint.LOG_FILE
-    log = pd.read_csv(log_path) if log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
+    # The log of this run's earlier epochs (checked on resume); a first epoch starts a new one.
+    log = checkpoint.read_log(out_dir) if epoch > 1 and log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
     log = pd.concat([log[log["epoch"] < epoch], pd.DataFrame([row])], ignore_index=True)
     write_atomic(log_path, lambda p: log.to_csv(p, index=False))
     meta["epochs_done"] = epoch
@@ -73,6 +109,7 @@ def save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
                                            "test_jacobian_norm_normalized", "train_accuracy", "supervised_loss")}
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     checkpoint.save_meta(out_dir, meta)
+
 
 def new_meta(config, model: nn.Module) -> dict[str, Any]:
     import torchvision

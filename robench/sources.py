@@ -61,10 +61,10 @@ def from_weights(arch: str, weights: str | Path, dataset: str) -> ModelSource:
     and a torchvision model gets as many outputs as the weights' classifier has: whether that fits
     the data is `check_classes`'s question, asked where the model meets the data.
     """
+    from .fileio import require_regular_file
+
     info = dataset_info(dataset)
-    weights = Path(weights)
-    if not weights.is_file():
-        raise RobenchError(f"weights file {weights} not found")
+    weights = require_regular_file(weights, "weights file")
     state = _read_state_dict(weights)
     if arch in MODELS and dataset not in FOLDER_DATASETS:
         model = build_model(arch, dataset)
@@ -145,12 +145,20 @@ def _torchvision_model(arch: str, num_classes: int) -> nn.Module:
     import torchvision
 
     try:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        builder = torchvision.models.get_model_builder(arch)
     except ValueError:
         raise RobenchError(
             f"unknown architecture {arch!r}: not a robench model ({', '.join(MODELS)}) "
             "nor a torchvision model name"
         ) from None
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise RobenchError(f"--arch {arch} is a torchvision {builder.__module__.split('.')[-1]} model, not an image "
+                           "classifier; robench evaluates classifiers (torchvision.models' own list)")  # fmt: skip
+    try:
+        return builder(weights=None, num_classes=num_classes)
+    except (TypeError, ValueError) as exc:
+        raise RobenchError(f"--arch {arch} cannot be built as a {num_classes}-class classifier "
+                           f"({str(exc).splitlines()[0][:150]})") from None
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -166,6 +174,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+    if not isinstance(state, dict):
         raise RobenchError(f"{path} does not hold a state dict of tensors")
+    from .schemas import check_weights
+
+    check_weights(state, {}, path)
     return state

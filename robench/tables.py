@@ -9,10 +9,12 @@ from rich.table import Table
 
 from .results import JACOBIAN_ATTACK, JACOBIAN_ATTACKS, JACOBIAN_NORMALIZED, WORST_CASE
 from .results.select import curve_order, current_rows, headline, with_curve_names
+from .untrusted import for_console
 
 
 def _label(model: str) -> str:
-    return model.rstrip("/").split("/")[-1] or model
+    """A run's short name for a table cell (its directory name), printed literally."""
+    return for_console(model.rstrip("/").split("/")[-1] or model)
 
 
 def clean_table(df: pd.DataFrame) -> Table:
@@ -26,7 +28,7 @@ def clean_table(df: pd.DataFrame) -> Table:
     rows = rows[rows["attack"] == JACOBIAN_ATTACK].sort_values("n", kind="stable")
     for row in rows.drop_duplicates("model_hash", keep="last").to_dict("records"):  # largest n per model
         norm = normalized.get((row["model_hash"], row["n"]), math.nan)
-        table.add_row(_label(row["model"]), row["defense"], str(int(row["n"])), f"{row['accuracy']:.4f}",
+        table.add_row(_label(row["model"]), for_console(row["defense"]), str(int(row["n"])), f"{row['accuracy']:.4f}",
                       "—" if math.isnan(norm) else f"{norm:.3f}", f"{row['value']:.3f}")  # fmt: skip
     return table
 
@@ -47,7 +49,7 @@ def attack_tables(df: pd.DataFrame) -> list[Table]:
         epsilons = sorted(group["epsilon"].unique())
         sizes = "/".join(str(int(n)) for n in sorted(group["n"].unique()))
         what = "robust accuracy (worst case over attacks) [95% CI]" if worst else "accuracy"
-        table = Table(title=f"{attack} ({group['norm'].iloc[0]}, n={sizes}): {what} vs epsilon")
+        table = Table(title=for_console(f"{attack} ({group['norm'].iloc[0]}, n={sizes}): {what} vs epsilon"))
         table.add_column("model")
         table.add_column("defense")
         for eps in epsilons:
@@ -63,7 +65,8 @@ def attack_tables(df: pd.DataFrame) -> list[Table]:
                 median = rows["value"].dropna()
                 cells.append(_fmt(median.iloc[-1]) if len(median) else "")
             flags = "; ".join(sorted({f for fl in rows["flags"] for f in str(fl).split(";") if f}))
-            table.add_row(_label(model), rows["defense"].iloc[0] + (f" [yellow]⚠ {flags}" if flags else ""), *cells)
+            table.add_row(_label(model), for_console(rows["defense"].iloc[0])
+                          + (f" [yellow]⚠ {for_console(flags)}" if flags else ""), *cells)  # fmt: skip
         tables.append(table)
     return tables
 

@@ -29,6 +29,7 @@ from .metrics import clean_accuracy, mean_jacobian_norm
 from .jacobian import logits_and_frobenius_sq, unit_scale
 from .models import build_model, xavier_init_
 from .progress import make_progress
+from .untrusted import for_console
 
 ADV_TRAIN_METHODS = ("fgsm",)
 JR_UNITS = ("normalized", "pixel")
@@ -78,23 +79,39 @@ class TrainConfig:
     tf32: bool = True
 
     def validate(self) -> "TrainConfig":
-        """Raise RobenchError on values no run could use; return self for chaining."""
+        """Raise RobenchError on values no run could use; return self for chaining.
+
+        Every number is checked for range and finiteness (`--lr inf` would train a model of NaNs),
+        the model and dataset names against their registries, and the data root for being a folder,
+        so a run (and a --force that would replace one) fails before it touches anything.
+        """
+        from .limits import check_count, check_finite, check_seed
+        from .models import MODELS
+
+        check_finite("--jr", self.jr, low=0)
+        check_finite("--l2", self.l2, low=0)
+        check_finite("--dropout", self.dropout)
+        check_finite("--lr", self.lr, low=0, low_open=True)
+        check_finite("--momentum", self.momentum)
+        check_finite("--adv-eps", self.adv_eps, low=0, high=1)
+        check_finite("--warmup-epochs", self.warmup_epochs, low=0)
+        check_seed("--seed", self.seed)
+        check_count("--nproj", self.nproj, allow_none=False)
+        check_count("--epochs", self.epochs, allow_none=False)
+        check_count("--batch-size", self.batch_size, allow_none=False)
+        check_count("--train-subset", self.train_subset)
+        check_count("--test-subset", self.test_subset)
+        check_count("--norm-samples", self.norm_samples, allow_none=False, minimum=0)
         checks = [
-            (self.jr >= 0, f"--jr must be >= 0, got {self.jr}"),
-            (self.nproj >= 1, f"--nproj must be >= 1, got {self.nproj}"),
-            (self.l2 >= 0, f"--l2 must be >= 0, got {self.l2}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}"),
             (self.jr_units in JR_UNITS, f"--jr-units must be one of {', '.join(JR_UNITS)}, got {self.jr_units!r}"),
-            (0 <= self.warmup_epochs <= self.epochs, f"--warmup-epochs must be in [0, --epochs], got {self.warmup_epochs}"),
+            (self.warmup_epochs <= self.epochs, f"--warmup-epochs must be in [0, --epochs], got {self.warmup_epochs}"),
             (self.adv_train in (None, *ADV_TRAIN_METHODS), f"--adv-train must be one of {ADV_TRAIN_METHODS}"),
-            (self.adv_eps >= 0, f"--adv-eps must be >= 0, got {self.adv_eps}"),
             (self.adv_train is None or self.adv_eps > 0, "--adv-train needs --adv-eps > 0"),
-            (self.norm_samples >= 0, f"--norm-samples must be >= 0, got {self.norm_samples}"),
+            (isinstance(self.model, str) and self.model in MODELS,
+             f"unknown model {self.model!r}; choose from {', '.join(MODELS)}"),
             (not (self.compile and self.jr > 0), "--compile cannot be combined with --jr: torch.compile does not "
              "support the double backward the Jacobian penalty needs (aot_autograd); drop --compile"),
         ]  # fmt: skip
@@ -102,6 +119,8 @@ class TrainConfig:
             if not ok:
                 raise RobenchError(message)
         dataset_info(self.dataset)
+        if self.data_root and Path(self.data_root).exists() and not Path(self.data_root).is_dir():
+            raise RobenchError(f"--data-root {self.data_root} is not a directory")
         return self
 
     @property
@@ -167,9 +186,17 @@ def train(
         force: delete an existing run's files and start over.
         show_progress: draw a rich progress bar (rank 0 only).
     """
+    from contextlib import nullcontext
+
+    from .locking import exclusive
+
     config.validate()
+    if resume and force:
+        raise RobenchError("--resume and --force exclude each other")
     with distributed.session(config.device) as world:
-        return _train(config, Path(out_dir), world, resume=resume, force=force, show_progress=show_progress)
+        # One writer per run directory: a second process refuses rather than training over the first.
+        with exclusive(out_dir) if world.is_main else nullcontext():
+            return _train(config, Path(out_dir), world, resume=resume, force=force, show_progress=show_progress)
 
 
 def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resume: bool, force: bool,
@@ -180,7 +207,9 @@ def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resu
     weights even without a shared file system; per-epoch evaluation also runs on rank 0 (the others
     wait for its result, which also tells them if saving failed).
     """
-    start_epoch, state = world.on_main(lambda: rundir.prepare_run_dir(config, out_dir, resume=resume, force=force))
+    start_epoch, state, replacing = world.on_main(
+        lambda: rundir.prepare_run_dir(config, out_dir, resume=resume, force=force)
+    )
     if start_epoch >= config.epochs:  # a finished run resumed: nothing to load or train
         return state["meta"]
     torch.manual_seed(config.seed)
@@ -191,7 +220,11 @@ def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resu
     if state is not None:
         checkpoint.load_state(model, state["weights"], source=str(out_dir))
         if state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+                raise RobenchError(f"optimizer state in {out_dir} does not fit the model "
+                                   f"({str(exc).splitlines()[0][:120]}); use --force to start over") from None
     model.to(world.device)
     _move_optimizer_state(optimizer, world.device)
     data = world.agree(lambda: _load_data(config, world.device))
@@ -205,16 +238,53 @@ def _train(config: TrainConfig, out_dir: Path, world: distributed.World, *, resu
         net = torch.compile(net)
     with make_progress(disable=not (show_progress and world.is_main)) as progress:
         task = progress.add_task(
-            f"train {config.model} [{config.defense}]", total=config.epochs, completed=start_epoch,
+            for_console(f"train {config.model} [{config.defense}]"), total=config.epochs, completed=start_epoch,
             status="",
         )  # fmt: skip
         for epoch in range(start_epoch, config.epochs):
-            sums, lr, started = _run_epoch(config, net, optimizer, data, epoch, world, progress, task)
+            try:
+                sums, lr, started = _run_epoch(config, net, optimizer, data, epoch, world, progress, task)
+            except Diverged as exc:
+                raise RobenchError(diverged_message(config, exc, _kept(out_dir, epoch, replacing and epoch == start_epoch))) from None
+            # An old run replaced by --force is removed only now, when its successor has an epoch to save.
+            clear_old = replacing and epoch == start_epoch
             meta, row = world.on_main(
-                lambda: _finish_epoch(out_dir, config, model, optimizer, data, meta, epoch, sums, lr, started)
-            )
+                lambda: _finish_epoch(out_dir, config, model, optimizer, data, meta, epoch, sums, lr, started,
+                                      clear_old=clear_old)
+            )  # fmt: skip
             progress.update(task, advance=1, status=_status(row))
     return meta
+
+
+class Diverged(Exception):
+    """Training met a non-finite loss (or weights): where, so the message can say so."""
+
+    def __init__(self, epoch: int, step: int, steps: int, what: str):
+        super().__init__(what)
+        self.epoch, self.step, self.steps, self.what = epoch, step, steps, what
+
+
+def _kept(out_dir: Path, epoch: int, replacing: bool) -> str:
+    """What the run directory holds when epoch `epoch` (0-based) fails, for the message."""
+    if replacing:
+        return f"the run already in {out_dir} is as it was"
+    if epoch > 0:
+        return f"{out_dir} keeps epoch {epoch}, the last finite one"
+    return f"nothing was saved to {out_dir}"
+
+
+def diverged_message(config: TrainConfig, exc: Diverged, kept: str) -> str:
+    """One line: where training diverged, the likely cause, and what the run directory still holds."""
+    if config.lr > 1:
+        cause = f"--lr {config.lr:g} is far too large (the paper's recipe: 0.1)"
+    elif config.jr > 10:
+        cause = f"--jr {config.jr:g} is far too large (the paper's: 0.01)"
+    elif config.warmup_epochs == 0:
+        cause = "too large a first step; try a smaller --lr or --warmup-epochs 1"
+    else:
+        cause = "too large a learning rate for this model; try a smaller --lr"
+    return (f"training diverged: {exc.what} at epoch {exc.epoch + 1}, step {exc.step + 1} of {exc.steps}; "
+            f"likely cause: {cause}; {kept}")
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -257,6 +327,7 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
     jr_scale = jacobian_input_scale(config, getattr(net, "module", net))
     net.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum of CE, sum of JR term, correct
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
     count = 0
     for i, batch in enumerate(order.to(device).split(config.batch_size)):
         lr = learning_rate(config, epoch * steps_per_epoch + i, steps_per_epoch * config.epochs)
@@ -265,13 +336,32 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
         idx = batch.tensor_split(world.size)[world.rank]
         # DDP averages gradients over ranks; weighting by the chunk's share makes that the batch mean.
         weight = len(idx) * world.size / len(batch)
-        ce, jr_term = _train_step(config, net, optimizer, (jr_method, jr_scale), proj_gen, data, idx, lr, weight, sums)
+        ce, jr_term, loss = _train_step(config, net, optimizer, (jr_method, jr_scale), proj_gen, data, idx, lr,
+                                        weight, sums)  # fmt: skip
+        # Recorded on the device (no host sync per step), looked at every CHECK_EVERY steps.
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
         count += len(idx)
+        if (i + 1) % CHECK_EVERY == 0:
+            _stop_if_diverged(first_bad, world, epoch, steps_per_epoch)
         if i % 20 == 0 and not progress.disable:
             progress.update(task, status=f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} ce {ce.item():.3f}"
                             + (f" jr {jr_term.item():.3f}" if jr_term is not None else ""))  # fmt: skip
+    _stop_if_diverged(first_bad, world, epoch, steps_per_epoch)
     totals = world.sum(torch.cat([sums.cpu(), torch.tensor([float(count)], dtype=torch.float64)]))
     return totals.tolist(), lr, started
+
+
+CHECK_EVERY = 25  # steps between looks at the divergence flag (one host sync each)
+
+
+def _stop_if_diverged(first_bad: torch.Tensor, world: distributed.World, epoch: int, steps: int) -> None:
+    """Raise Diverged on every rank alike when any rank has seen a non-finite loss (a collective, so
+    no rank stops while another waits for it in the next step's gradient all-reduce)."""
+    mine = torch.zeros(world.size, dtype=torch.float64)
+    mine[world.rank] = float(first_bad.item()) + 1  # 0: no bad step on this rank
+    seen = [int(v) - 1 for v in world.sum(mine).tolist() if v > 0]
+    if seen:
+        raise Diverged(epoch, min(seen), steps, "the loss became non-finite (inf or NaN)")
 
 
 def jacobian_input_scale(config: TrainConfig, model: nn.Module) -> torch.Tensor | None:
@@ -310,12 +400,20 @@ def _train_step(config, net, optimizer, jr, proj_gen, data, idx, lr, weight, sum
         if jr_term is not None:
             sums[1] += jr_term.double() * len(idx)
         sums[2] += (logits.argmax(1) == y).sum()
-    return ce, jr_term
+    return ce, jr_term, loss
 
 
-def _finish_epoch(out_dir, config, model, optimizer, data, meta, epoch, sums, lr, started):
-    """Rank 0 after an epoch: evaluate, write the checkpoint; returns (meta, log row)."""
+def _finish_epoch(out_dir, config, model, optimizer, data, meta, epoch, sums, lr, started, *, clear_old=False):
+    """Rank 0 after an epoch: check the weights are finite, evaluate, write the checkpoint (first
+    removing the run --force replaces, when `clear_old`); returns (meta, log row)."""
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        steps = -(-len(data["train_x"]) // config.batch_size)
+        found = Diverged(epoch, steps - 1, steps, f"the weights became non-finite ({bad[0]})")
+        raise RobenchError(diverged_message(config, found, _kept(out_dir, epoch, clear_old)))
     row = _epoch_row(config, model, data, epoch, sums, lr, started)
+    if clear_old:
+        rundir.clear_run(out_dir)
     rundir.save_epoch(out_dir, config, model, optimizer, meta, row)
     return meta, row
 

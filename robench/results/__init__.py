@@ -34,7 +34,7 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     (an empty table if neither exists)."""
     csv, db = store_paths(path)
     if db.is_file():
-        with ResultsStore(db) as store:
+        with ResultsStore(db, readonly=True) as store:
             return store.table()
     return read_csv(csv)
 
@@ -56,7 +56,7 @@ def outcomes(path: str | os.PathLike, **where: Any) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["model_hash", "attack", "spec_hash", "epsilon", "n", "seed", "protocol", "norm", "example",
                      "robust", "distance", "value"])  # fmt: skip
-    with ResultsStore(db) as store:
+    with ResultsStore(db, readonly=True) as store:
         return store.outcomes(**where)
 
 
@@ -72,11 +72,12 @@ def append_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> pd.D
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Make sure the results can be written (directory, CSV, database) before any long work starts."""
+    from ..fileio import refuse_special
+
     csv, db = store_paths(path)
     for target in (csv, db):
         ensure_writable_dir(target.parent, f"cannot write results to {target}")
-        if target.exists() and not target.is_file():
-            raise RobenchError(f"cannot write results to {target}: it is not a regular file")
+        refuse_special(target)
     if not db.exists():
         read_csv(csv)  # refuse a foreign or corrupt CSV now, not after an hour of attacks
     with ResultsStore(csv):
@@ -105,7 +106,7 @@ def merge(paths: list[str | os.PathLike], out: str | os.PathLike) -> int:
     with ResultsStore(out) as target:
         for csv, db in sources:
             if db.is_file():
-                with ResultsStore(db) as source:
+                with ResultsStore(db, readonly=True) as source:
                     rows = [r for r in source.raw_rows() if r["attack"] != WORST_CASE]
             else:
                 rows = [r for r in read_csv(csv).to_dict("records") if r["attack"] != WORST_CASE]

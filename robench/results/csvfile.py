@@ -43,11 +43,12 @@ LEGACY_PROTOCOL = 1  # rows without a protocol column: robench before per-exampl
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read a results CSV as it is on disk (an empty table if it does not exist), columns completed."""
+    from ..fileio import refuse_special
+
     path = Path(path)
+    refuse_special(path)
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    if not path.is_file():
-        raise RobenchError(f"{path} is not a regular file")
     try:
         df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=TEXT_COLUMNS)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
@@ -71,12 +72,24 @@ def complete(df: pd.DataFrame, *, where: str) -> pd.DataFrame:
     for column in ("epsilon", "accuracy", "n", "seed", "protocol"):
         numbers = pd.to_numeric(df[column], errors="coerce")
         if numbers.isna().any():
-            raise RobenchError(f"{where} is not a robench results CSV (column {column} is not numeric)")
+            raise _bad_cell(where, df, column, numbers.isna(), "is not a number")
         df[column] = numbers
+    for column, (low, high) in RANGES.items():
+        values = df[column].astype(float)
+        outside = ~((values >= low) & (values <= high))
+        if outside.any():
+            raise _bad_cell(where, df, column, outside, f"is outside [{low:g}, {high:g}]")
     for column in ("n", "seed", "protocol"):
+        fractional = df[column].astype(float) % 1 != 0
+        if fractional.any():
+            raise _bad_cell(where, df, column, fractional, "is not a whole number")
         df[column] = df[column].astype("int64")
     for column in ("value", "ci_low", "ci_high", "grey_share", "distinct_predictions", "outcomes"):
         df[column] = pd.to_numeric(df[column], errors="coerce")
+    for column in ("ci_low", "ci_high", "grey_share"):
+        outside = df[column].notna() & ~df[column].between(0, 1)
+        if outside.any():
+            raise _bad_cell(where, df, column, outside, "is outside [0, 1]")
     df["outcomes"] = df["outcomes"].fillna(0).astype("int64")
     for column in ("model", "dataset", "defense", "attack", "norm", "model_hash", "spec_hash", "attack_params",
                    "robench_version", "timestamp"):  # fmt: skip
@@ -84,6 +97,18 @@ def complete(df: pd.DataFrame, *, where: str) -> pd.DataFrame:
     flags = df["flags"]
     df["flags"] = flags.astype(object).where(flags.notna(), "").astype(str)
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+# What each number may be: accuracies are fractions, n counts test images, epsilons are finite.
+RANGES = {"accuracy": (0.0, 1.0), "epsilon": (0.0, 1e12), "n": (0, 1e12), "seed": (0, 2**63 - 1), "protocol": (0, 1e6)}
+
+
+def _bad_cell(where: str, df: pd.DataFrame, column: str, mask: pd.Series, problem: str) -> RobenchError:
+    """One line naming the file, the first bad row (as a CSV line number: header = line 1) and the cell."""
+    position = int(mask.to_numpy().nonzero()[0][0])
+    value = df[column].iloc[position]
+    row = f"line {position + 2}" if str(where).endswith(".csv") else f"row {position + 1}"
+    return RobenchError(f"{where} is not a valid robench results file: {row}, column {column}: '{value}' {problem}")
 
 
 def row_key(row: dict[str, Any]) -> tuple:

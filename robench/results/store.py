@@ -86,13 +86,20 @@ class ResultsStore:
         relations: {attack: Relation} for the worst case and the checks (default: the packaged specs).
     """
 
-    def __init__(self, path: str | os.PathLike, *, relations: dict | None = None):
+    def __init__(self, path: str | os.PathLike, *, relations: dict | None = None, readonly: bool = False):
         from ..attacks import relations as spec_relations
+        from ..fileio import refuse_special
 
         self.csv_path, self.db_path = store_paths(path)
         self.relations = spec_relations() if relations is None else relations
         self._dirty, self._last_export = False, time.monotonic()
+        for target in (self.csv_path, self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm")):
+            refuse_special(target)  # sqlite would block forever on a FIFO
         try:
+            # A reader of an up-to-date database opens it read-only: reading results never changes a byte
+            # of them. An older schema (or a new file) is opened for writing, to be migrated first.
+            if readonly and self.db_path.is_file() and self._open_readonly():
+                return
             self.conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -102,6 +109,21 @@ class ResultsStore:
                 self._import_legacy_csv()
         except sqlite3.DatabaseError as exc:
             raise RobenchError(f"{self.db_path} is not a robench results database ({exc})") from None
+        except sqlite3.Error as exc:
+            raise RobenchError(f"cannot open results database {self.db_path}: {exc}") from None
+
+    def _open_readonly(self) -> bool:
+        """Open the database read-only; False (closed again) when it needs a migration or an import."""
+        from urllib.parse import quote
+
+        uri = f"file:{quote(str(self.db_path.resolve()))}?mode=ro"
+        self.conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        has_meta = self.conn.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone()
+        found = dict(self.conn.execute("SELECT key, value FROM meta").fetchall()) if has_meta else {}
+        if found.get("schema_version") == str(SCHEMA_VERSION) and "csv_imported" in found:
+            return True
+        self.conn.close()
+        return False
 
     # -- transactions -------------------------------------------------------------------------
     def _write(self):
