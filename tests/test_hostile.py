@@ -151,7 +151,7 @@ def test_second_training_into_a_busy_run_directory_is_refused(ws: Path):
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 1 and len(lines) == 1, (extra, done.stderr)
             assert lines[0].startswith("Error: runs/busy is being written by another robench process"), lines
-            assert f"pid {first.pid}" in lines[0]
+            assert "(pid" not in lines[0] or f"(pid {first.pid})" in lines[0]  # the pid, where /proc/locks tells
     finally:
         first.send_signal(signal.SIGINT)  # Ctrl-C: the first run stops after saving what it finished
         out, err = first.communicate(timeout=120)
@@ -163,7 +163,7 @@ def test_second_training_into_a_busy_run_directory_is_refused(ws: Path):
 def test_kill_minus_9_leaves_no_stale_lock_and_the_run_resumes(ws: Path):
     """kill -9 in the middle of training (saves every few ms): the kernel drops the lock, the next
     --resume continues from the last complete epoch and finishes."""
-    args = ["train", "--model", "mlp", "--epochs", "30", "--train-subset", "300", "--test-subset", "50",
+    args = ["train", "--model", "mlp", "--epochs", "100", "--train-subset", "300", "--test-subset", "50",
             "--norm-samples", "5", "--quiet", "--out", "runs/killed"]  # fmt: skip
     victim = subprocess.Popen([sys.executable, "-m", "robench", *args], cwd=ws, env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -171,18 +171,18 @@ def test_kill_minus_9_leaves_no_stale_lock_and_the_run_resumes(ws: Path):
     while not (ws / "runs/killed/meta.json").exists():
         assert victim.poll() is None and time.time() < deadline
         time.sleep(0.01)
-    time.sleep(0.3)
+    time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     done_before = json.loads((ws / "runs/killed/meta.json").read_text())["epochs_done"]
-    assert done_before < 30
+    assert done_before < 100
     done = run_process([*args, "--resume"], ws)
     assert done.returncode == 0, done.stderr
     meta = json.loads((ws / "runs/killed/meta.json").read_text())
-    assert meta["finished"] and meta["epochs_done"] == 30
+    assert meta["finished"] and meta["epochs_done"] == 100
     import pandas as pd
 
-    assert list(pd.read_csv(ws / "runs/killed/log.csv")["epoch"]) == list(range(1, 31))
+    assert list(pd.read_csv(ws / "runs/killed/log.csv")["epoch"]) == list(range(1, 101))
 
 
 def test_second_report_into_a_busy_directory_is_refused(ws: Path):
