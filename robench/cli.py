@@ -197,9 +197,14 @@ def _number(value, digits: int = 3) -> str:
 @click.option("--batch-size", type=int, default=EVAL_DEFAULTS.batch_size)
 @click.option("--device", default=EVAL_DEFAULTS.device, help="auto, cpu, cuda or cuda:N (torchrun: auto or cuda).")
 @click.option("--seed", type=int, default=EVAL_DEFAULTS.seed, help="Seeds random starts and noise.")
-@click.option("--arch", default=None, help="Evaluate a robench or torchvision architecture with --weights.")
+@click.option("--arch", default=None, help="Architecture of --weights: robench:NAME, torchvision:NAME or timm:NAME "
+              "(a bare NAME: robench's model of that name if it has one for the dataset, else torchvision's).")
 @click.option("--weights", type=click.Path(), default=None, help="Weights file for --arch (.safetensors or .pth).")
 @click.option("--dataset", default="mnist", help="Dataset of an --arch model: mnist, cifar10 or imagenet.")
+@click.option("--normalize", default="dataset", help="Input normalization put in front of an --arch network: "
+              "dataset (its mean/std), none (the network takes pixels in [0, 1]) or MEAN,STD per channel.")
+@click.option("--num-classes", type=int, default=None,
+              help="Outputs of an --arch network, where the weights do not tell (default: from the weights).")
 @click.option("--data-root", default=None,
               help="Dataset directory (CIFAR-10: holds cifar-10-batches-py; imagenet: holds val/<class>/...).")
 @click.option("--tf32/--no-tf32", default=EVAL_DEFAULTS.tf32, show_default=True,
@@ -207,7 +212,8 @@ def _number(value, digits: int = 3) -> str:
 @click.option("--out", type=click.Path(), default=None, help="Results CSV (default results/<dataset>.csv).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, weights: str | None,
-                 dataset: str, out: str | None, quiet: bool, **options) -> None:
+                 dataset: str, normalize: str, num_classes: int | None, out: str | None, quiet: bool,
+                 **options) -> None:
     """Attack MODELS (robench run directories) over an epsilon grid and append rows to a CSV.
 
     Under `torchrun --nproc-per-node G -m robench -- eval ...` the G processes split the test
@@ -226,7 +232,8 @@ def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, wei
     from .tables import attack_tables, clean_table
 
     config = EvalConfig(eps=tuple(parse_eps(eps)) if eps is not None else None, **options).validate()
-    opener = partial(open_sources, models, arch=arch, weights=weights, dataset=dataset)
+    opener = partial(open_sources, models, arch=arch, weights=weights, dataset=dataset, normalize=normalize,
+                     num_classes=num_classes)
     df = evaluate(opener, config, out=out, show_progress=not quiet)
     if not is_main_process():  # under torchrun, rank 0 reports
         return

@@ -96,7 +96,7 @@ def default_out(dataset: str) -> Path:
 
 def open_sources(
     models: list[str] | tuple[str, ...], *, arch: str | None = None, weights: str | None = None,
-    dataset: str = "mnist",
+    dataset: str = "mnist", normalize: str | None = "dataset", num_classes: int | None = None,
 ) -> list[ModelSource]:
     """The models `robench eval` names: run directories, plus an --arch model with its --weights file."""
     if (arch is None) != (weights is None):
@@ -105,7 +105,7 @@ def open_sources(
         raise RobenchError("name at least one model (a robench run directory) or --arch with --weights")
     sources = [from_run(m) for m in models]
     if arch is not None:
-        sources.append(from_weights(arch, weights, dataset))
+        sources.append(from_weights(arch, weights, dataset, normalize=normalize, num_classes=num_classes))
     return sources
 
 

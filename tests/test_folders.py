@@ -223,6 +223,8 @@ def _eval_resnet18(imagenet, tmp_path, num_classes, *args):
     """`robench eval` of a torchvision resnet18 with `num_classes` outputs on the 3-class folder."""
     from click.testing import CliRunner
 
+    from click.testing import CliRunner
+
     from robench.cli import cli
 
     root, _ = imagenet
@@ -253,3 +255,55 @@ def test_eval_cli_attacks_a_torchvision_model_on_a_folder(imagenet, tmp_path):
     assert sorted(fgsm["epsilon"]) == pytest.approx([0, 1 / 255, 2 / 255, 4 / 255, 8 / 255])  # imagenet grid
     assert (rows["n"] == 4).all() and (rows["dataset"] == "imagenet").all()
     assert fgsm["accuracy"].is_monotonic_decreasing
+
+
+def test_torchvision_prefix_means_the_bare_name_on_a_folder(imagenet, tmp_path):
+    """`--arch torchvision:resnet18` evaluates torchvision's ResNet-18 from its own state dict, with the
+    same rows (model_hash) as the bare name it already meant on ImageNet folders."""
+    import pandas as pd
+
+    from click.testing import CliRunner
+
+    from robench.cli import cli
+
+    root, _ = imagenet
+    weights = tmp_path / "resnet18-3.pth"
+    torch.manual_seed(0)
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    hashes = []
+    for arch in ("torchvision:resnet18", "resnet18"):
+        out = tmp_path / f"{arch.replace(':', '-')}.csv"
+        result = CliRunner().invoke(cli, ["eval", "--dataset", "imagenet", "--device", "cpu", "--quiet", "--arch", arch,
+                                          "--weights", str(weights), "--data-root", str(root), "--attack", "fgsm",
+                                          "--eps", "0", "--n", "4", "--out", str(out)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        rows = pd.read_csv(out, dtype={"model_hash": str})
+        hashes.append(set(rows["model_hash"]))
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 1
+
+
+def test_timm_prefix_evaluates_or_names_its_extra(imagenet, tmp_path):
+    """With timm installed, `timm:resnet18` evaluates like torchvision's; without it, one line names the extra."""
+    from click.testing import CliRunner
+
+    from robench.cli import cli
+
+    root, _ = imagenet
+    weights = tmp_path / "timm.pth"
+    try:
+        import timm
+    except ImportError:
+        torch.save({"w": torch.zeros(1)}, weights)
+        result = CliRunner().invoke(cli, ["eval", "--dataset", "imagenet", "--arch", "timm:resnet18", "--weights",
+                                          str(weights), "--data-root", str(root), "--n", "2"])  # fmt: skip
+        assert result.exit_code == 1 and result.output.strip() == (
+            "Error: timm: models need the optional extra: pip install 'robench[timm]'")
+        return
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=3).state_dict(), weights)
+    out = tmp_path / "timm.csv"
+    result = CliRunner().invoke(cli, ["eval", "--dataset", "imagenet", "--device", "cpu", "--quiet", "--arch",
+                                      "timm:resnet18", "--weights", str(weights), "--data-root", str(root),
+                                      "--attack", "fgsm", "--eps", "0", "--n", "4", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
