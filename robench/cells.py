@@ -18,7 +18,6 @@ an attack (the attacks in `robench eval` do clip to [0, 1]).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,49 +27,7 @@ from torch import nn
 
 from .data import to_unit_float
 from .errors import RobenchError
-
-PLANES = ("random", "adversarial")
-
-
-@dataclass(frozen=True)
-class CellsConfig:
-    """Which cross-section to draw; defaults shown by `robench cells --help`.
-
-    Args:
-        index: test image index in the models' dataset.
-        plane: "random" (two seeded Gaussian directions, orthonormalized) or "adversarial" (the
-            first model's FGSM sign-gradient direction plus a random direction orthogonal to it).
-        span: the grid covers [-span, span] along each direction, in L2 units of pixels in [0, 1].
-            20 (about twice the L2 norm of an MNIST digit, the top of the noise grid): small MLPs
-            on MNIST meet a boundary at roughly 10-20 along random directions and at 1-5 along
-            FGSM's, so both planes show whole cells.
-        resolution: points per side; odd, so the image itself is the centre grid point.
-        seed: seeds the random direction(s).
-    """
-
-    index: int = 0
-    plane: str = "random"
-    span: float = 20.0
-    resolution: int = 101
-    seed: int = 0
-
-    def validate(self) -> "CellsConfig":
-        """Raise RobenchError on values no plot could use; return self for chaining."""
-        from .limits import check_seed
-
-        if self.index < 0:
-            raise RobenchError(f"--index must be >= 0, got {self.index}")
-        check_seed("--seed", self.seed)
-        if self.plane not in PLANES:
-            raise RobenchError(f"--plane must be one of {', '.join(PLANES)}, got {self.plane!r}")
-        if not (math.isfinite(self.span) and self.span > 0):
-            raise RobenchError(f"--span must be a positive number, got {self.span}")
-        if self.resolution < 3 or self.resolution % 2 == 0 or self.resolution > 2001:
-            raise RobenchError(
-                f"--resolution must be odd, between 3 and 2001 (the image is the centre point), got {self.resolution}"
-            )
-        return self
-
+from .settings import PLANES, CellsConfig  # noqa: F401 - public here too
 
 def grid_coords(span: float, resolution: int) -> torch.Tensor:
     """R coordinates in [-span, span] whose middle one is exactly 0 (so the centre is the image)."""

@@ -16,10 +16,7 @@ import click
 
 from .errors import RobenchError
 from .untrusted import for_console
-from .cells import PLANES, CellsConfig
-from .evaluate import EvalConfig
-from .report import FORMATS
-from .train import TrainConfig
+from .settings import PLANES, REPORT_FORMATS as FORMATS, CellsConfig, EvalConfig, TrainConfig
 
 DEFAULTS = TrainConfig()
 EVAL_DEFAULTS = EvalConfig()

@@ -21,7 +21,6 @@ import contextlib
 import os
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -46,47 +45,8 @@ from .untrusted import for_console
 from .jacobian import input_std, jacobian_norm
 from .progress import make_progress
 from .results import JACOBIAN_ATTACK, JACOBIAN_NORMALIZED, ResultsStore, check_writable, eps_key, median_or_inf
+from .settings import EvalConfig  # noqa: F401 - public here too
 from .sources import ModelSource, check_classes, from_run, from_weights
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """What to evaluate and how; defaults shown by `robench eval --help`.
-
-    Args:
-        attacks: comma-separated attack or suite names; "default" (noise, FGSM, PGD, CW and the
-            AutoAttack suite) or "all" (every attack and suite).
-        eps: epsilon grid overriding each attack's default grid for the dataset.
-        n: evaluate the first n test images (None: the whole test set).
-        batch_size: images per attack call for attacks that treat examples independently (FGSM,
-            PGD, noise); it changes speed and memory only, never a number. Attacks that couple a
-            call's examples (CW) always run on fixed chunks of CHUNK (100) images.
-        device: auto, cpu, cuda or cuda:N.
-        seed: seeds random starts and noise draws (with each example's index).
-        data_root: dataset directory (CIFAR-10, or an ImageNet-style root holding val/).
-        tf32: allow TF32 matmuls and convolutions on CUDA (robench's default; off for full fp32).
-    """
-
-    attacks: str = "default"
-    eps: tuple[float, ...] | None = None
-    n: int | None = None
-    batch_size: int = 500
-    device: str = "auto"
-    seed: int = 0
-    data_root: str | None = None
-    tf32: bool = True
-
-    def validate(self) -> "EvalConfig":
-        if self.n is not None and self.n < 1:
-            raise RobenchError(f"--n must be >= 1, got {self.n}")
-        if self.batch_size < 1:
-            raise RobenchError(f"--batch-size must be >= 1, got {self.batch_size}")
-        from .limits import check_seed
-
-        check_seed("--seed", self.seed)
-        if self.eps is not None and not all(0 <= e < float("inf") for e in self.eps):
-            raise RobenchError(f"--eps needs finite epsilons >= 0, got {', '.join(map(str, self.eps))}")
-        return self
 
 
 def default_out(dataset: str) -> Path:

@@ -45,10 +45,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp_path, target)
         except OSError as exc:
             raise RobenchError(f"cannot write {target}: {describe_os_error(exc)}") from None
-        except RuntimeError as exc:  # torch.save / safetensors report a failed write this way
-            if not _disk_trouble(tmp_path):
+        except RuntimeError:  # torch.save / safetensors report a failed write this way
+            trouble = _disk_trouble(tmp_path)
+            if not trouble:
                 raise
-            raise RobenchError(f"cannot write {target}: {_disk_trouble(tmp_path)}") from None
+            raise RobenchError(f"cannot write {target}: {trouble}") from None
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink()

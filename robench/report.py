@@ -46,7 +46,7 @@ from .results import JACOBIAN_ATTACK, JACOBIAN_ATTACKS, JACOBIAN_NORMALIZED, rea
 from .results.select import curve_order, current_rows, headline, optimality, with_curve_names
 
 REQUIRED = ("model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed", "model_hash")
-FORMATS = ("md", "html")
+from .settings import REPORT_FORMATS as FORMATS  # noqa: E402
 LEVEL = 0.5  # eps50: where accuracy first drops below this
 DISTANCE_ATTACKS = ("cw",)  # always get a median-distance column, even when not run
 BAND_KEY = ["dataset", "_arch", "defense"]  # models sharing these are averaged into one curve
