@@ -247,13 +247,15 @@ def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, wei
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Directory to write the report into.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="md",
               help="md: report.md; html: also a self-contained report.html (images inlined).")
-def report(results: tuple[str, ...], out_dir: str, fmt: str) -> None:
+@click.option("--figure-format", "figure_formats", default="png",
+              help="Figure files, comma-separated: png (300 dpi, always written), svg, pdf.")
+def report(results: tuple[str, ...], out_dir: str, fmt: str, figure_formats: str) -> None:
     """Summarize results CSVs: summary.csv, one accuracy-vs-epsilon PNG per attack, report.md/html."""
     from rich.console import Console
 
     from .report import summary_tables, write_report
 
-    written = write_report(list(results), out_dir, fmt=fmt)
+    written = write_report(list(results), out_dir, fmt=fmt, figure_formats=figure_formats)
     for table in summary_tables(written.summary):
         Console().print(table)
     click.echo(f"wrote {', '.join(p.name for p in written.files)} to {out_dir}")

@@ -32,6 +32,9 @@ class Curve:
         std: sample standard deviation over models at each epsilon (None when k == 1).
         k: number of models averaged.
         points: the k models' own accuracies (k x len(eps)), drawn as points (None: not drawn).
+        defense: the defense label its style comes from (`figure_style.defense_style`).
+        legend: the legend text (default: label).
+        low, high: the 95% band at each epsilon (binomial for one model, across models for k > 1).
     """
 
     label: str
@@ -40,6 +43,10 @@ class Curve:
     std: np.ndarray | None
     k: int
     points: np.ndarray | None = None
+    defense: str | None = None
+    legend: str | None = None
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
 
 
 def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Any:
@@ -52,33 +59,90 @@ def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Any:
     return fig
 
 
-def save_png(fig: Any, path: str | Path) -> None:
+def save_png(fig: Any, path: str | Path, *, dpi: int = DPI) -> None:
     """Write a figure as PNG atomically, at the figure's own size (no tight bbox: sizes stay exact)."""
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
-def accuracy_figure(curves: list[Curve], *, title: str, xlabel: str) -> Any:
-    """Accuracy vs epsilon, one line per curve; where a curve averages k > 1 models (seeds), a shaded
-    ±1 sample-std band (the paper's Figure 3) and each model's own accuracy as a small point."""
-    fig = new_figure()
-    ax = fig.add_subplot()
-    for index, curve in enumerate(curves):
-        color = f"C{index % 10}"
-        ax.plot(curve.eps, curve.mean, marker="o", markersize=4, color=color, label=for_figure(curve.label))
-        if curve.std is not None:
-            ax.fill_between(curve.eps, curve.mean - curve.std, curve.mean + curve.std, color=color, alpha=0.2, lw=0)
-        if curve.points is not None and curve.k > 1:  # each seed's own model, beside the mean
-            for row in np.asarray(curve.points, float):
-                ax.plot(curve.eps, row, ls="none", marker=".", markersize=3, color=color, alpha=0.6)
-    ax.set_xlabel(for_figure(xlabel))
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(for_figure(title))
-    ax.grid(True, alpha=0.3)
-    if curves:
-        ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
+def save_figure(fig: Any, path: str | Path, fmt: str) -> None:
+    """Write a figure atomically as png (300 dpi: print resolution), svg or pdf (vector)."""
+    from .figure_style import RC_PARAMS
+
+    dpi = RC_PARAMS["savefig.dpi"]
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt)))
+
+
+def _metadata(fmt: str) -> dict | None:
+    """No creation date in vector files: the same figure gives the same bytes."""
+    return {"Date": None} if fmt == "svg" else {"CreationDate": None} if fmt == "pdf" else None
+
+
+def accuracy_figure(curves: list[Curve], *, title: str, xlabel: str, dataset: str | None = None,
+                    caption: str | None = None) -> Any:  # fmt: skip
+    """Robust accuracy (%) vs epsilon, one line per curve in its defense's own style (the same in
+    every figure); its 95% band shaded; where a curve averages k > 1 models (seeds), each model's own
+    accuracy as a small point. The epsilon axis stops where every curve has reached zero, and reads
+    in 255ths on 8-bit colour datasets (CIFAR-10, ImageNet). `caption` goes under the axes."""
+    from matplotlib import rc_context
+
+    from .figure_style import RC_PARAMS, defense_style
+
+    with rc_context(RC_PARAMS):
+        fig = new_figure()
+        ax = fig.add_subplot()
+        for index, curve in enumerate(curves):
+            style = defense_style(curve.defense) if curve.defense is not None else {"color": f"C{index % 10}"}
+            label = for_figure(curve.legend or curve.label)
+            ax.plot(curve.eps, 100 * np.asarray(curve.mean, float), label=label, **style)
+            if curve.low is not None and curve.high is not None:
+                ax.fill_between(curve.eps, 100 * np.asarray(curve.low, float), 100 * np.asarray(curve.high, float),
+                                color=style["color"], alpha=0.15, lw=0)  # fmt: skip
+            if curve.points is not None and curve.k > 1:  # each seed's own model, beside the mean
+                for row in np.asarray(curve.points, float):
+                    ax.plot(curve.eps, 100 * row, ls="none", marker=".", markersize=3, color=style["color"], alpha=0.6)
+        last = zero_from(curves)
+        if last is not None:
+            first = min(float(np.min(c.eps)) for c in curves)
+            ax.set_xlim(first - 0.02 * (last - first), last + 0.02 * (last - first))
+        if dataset in ("cifar10", "imagenet"):
+            _ticks_in_255ths(ax, sorted({float(e) for c in curves for e in c.eps if last is None or e <= last}))
+        ax.set_xlabel(for_figure(xlabel))
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(for_figure(title))
+        if curves:
+            ax.legend(loc="best")
+        if caption:
+            fig.text(0.01, 0.01, for_figure(caption), fontsize=7, color="#444444", ha="left", va="bottom", wrap=True)
+            fig.tight_layout(rect=(0, 0.05, 1, 1))
+        else:
+            fig.tight_layout()
     return fig
+
+
+def zero_from(curves: list[Curve]) -> float | None:
+    """The smallest epsilon at which every curve has reached zero accuracy (mean and band), or None:
+    the grid beyond it only repeats zeros."""
+    if not curves:
+        return None
+    grid = sorted({float(e) for c in curves for e in c.eps})
+    for eps in grid[1:]:
+        at_zero = []
+        for c in curves:
+            where = np.flatnonzero(np.isclose(np.asarray(c.eps, float), eps))
+            top = c.high if c.high is not None else c.mean
+            at_zero.append(len(where) > 0 and float(np.asarray(top, float)[where[0]]) <= 0.0)
+        if all(at_zero):
+            return eps if eps < grid[-1] else None
+    return None
+
+
+def _ticks_in_255ths(ax: Any, eps: list[float]) -> None:
+    """Label the ticks k/255 where the grid is in 255ths (every value within 1e-6 of one)."""
+    if not eps or not all(abs(e * 255 - round(e * 255)) < 1e-4 for e in eps):
+        return
+    ax.set_xticks(eps)
+    ax.set_xticklabels([f"{round(e * 255)}/255" if e else "0" for e in eps])
 
 
 def class_colors(num_classes: int) -> np.ndarray:

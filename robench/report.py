@@ -19,8 +19,9 @@ Summary columns, one row per model (weights hash):
     flags                                 union of the rows' honesty flags
 When a model was evaluated more than once, each attack uses its evaluation with the largest n (then
 the one listed last), and of duplicate (attack, epsilon) rows the one listed last: later CSVs win.
-Models with the same dataset, architecture and defense label are drawn as one curve, the mean with a
-±1 sample-standard-deviation band (the paper's Figure 3 averages 5 seeds this way).
+Models with the same dataset, architecture and defense label are drawn as one curve, their mean (the
+paper's Figure 3 averages 5 seeds this way), shaded with a 95% interval: Student's t over the seeds
+for k > 1 models, Clopper-Pearson over the test images for one.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .untrusted import for_code_span, for_console, for_markdown, inside, slug
 from .results import JACOBIAN_ATTACK, JACOBIAN_ATTACKS, JACOBIAN_NORMALIZED, read_results
 from .results.select import curve_order, current_rows, headline, optimality, with_curve_names
 
+NORM_LABELS = {"linf": "L∞", "l2": "L2"}
 REQUIRED = ("model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed", "model_hash")
 from .settings import REPORT_FORMATS as FORMATS  # noqa: E402
 LEVEL = 0.5  # eps50: where accuracy first drops below this
@@ -182,8 +184,13 @@ def _with_arch(rows: pd.DataFrame, metas: dict[str, dict | None]) -> pd.DataFram
 
 
 def attack_curves(rows: pd.DataFrame, attack: str, metas: dict[str, dict | None]) -> list[Curve]:
-    """Per band (same training config but for the seed): the mean accuracy curve and, for k > 1
-    models, its std."""
+    """Per band (same training config but for the seed): the mean accuracy curve, its std for k > 1
+    models, and its 95% band: Clopper-Pearson over the test images for one model (the rows'
+    ci_low/ci_high), Student's t over the models' accuracies for k > 1 (mean ± t·s/√k)."""
+    from scipy import stats
+
+    from .figure_style import paper_label
+
     sub = _with_arch(rows[rows["attack"] == attack], metas)
     several_archs, several_datasets = sub["_arch"].nunique() > 1, sub["dataset"].nunique() > 1
     curves = []
@@ -194,14 +201,37 @@ def attack_curves(rows: pd.DataFrame, attack: str, metas: dict[str, dict | None]
         table = group.pivot_table(index="model_hash", columns="epsilon", values="accuracy", aggfunc="last")
         table = table.dropna(axis=1)  # epsilons every model of the group was evaluated at
         k = len(table)
-        label = defense + (f" [{arch_name}]" if several_archs and arch_name else "")
-        label += (f" ({dataset})" if several_datasets else "") + (f" ({k} seeds)" if k > 1 else "")
+        suffix = (f" [{arch_name}]" if several_archs and arch_name else "") + (f" ({dataset})" if several_datasets else "")
+        suffix += f" ({k} seeds)" if k > 1 else ""
         if labels.count(defense) > 1 and k == 1:
-            label += f" ({Path(group['model'].iloc[0]).name or group['model_hash'].iloc[0]})"
+            suffix += f" ({Path(group['model'].iloc[0]).name or group['model_hash'].iloc[0]})"
+        eps, mean = table.columns.to_numpy(float), table.mean(axis=0).to_numpy()
         std = table.std(axis=0, ddof=1).to_numpy() if k > 1 else None
-        curves.append(Curve(label, table.columns.to_numpy(float), table.mean(axis=0).to_numpy(), std, k,
-                            points=table.to_numpy(float)))
+        if k > 1:
+            half = stats.t.ppf(0.975, k - 1) * std / math.sqrt(k)
+            low, high = np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1)
+        else:
+            bounds = group.drop_duplicates("epsilon", keep="last").set_index("epsilon")
+            low = bounds["ci_low"].reindex(eps).to_numpy(float) if "ci_low" in bounds else None
+            high = bounds["ci_high"].reindex(eps).to_numpy(float) if "ci_high" in bounds else None
+            if low is None or high is None or np.isnan(low).any() or np.isnan(high).any():
+                low = high = None  # rows from before intervals: no band rather than a made-up one
+        curves.append(Curve(defense + suffix, eps, mean, std, k, points=table.to_numpy(float), defense=defense,
+                            legend=paper_label(defense) + suffix, low=low, high=high))  # fmt: skip
     return curves
+
+
+def band_caption(curves: list[Curve], trimmed_at: float | None) -> str:
+    """What the shading means, for the figure's caption."""
+    parts = []
+    if any(c.k == 1 and c.low is not None for c in curves):
+        parts.append("one model: Clopper-Pearson over the test images")
+    if any(c.k > 1 for c in curves):
+        parts.append("k seeds: Student's t over the seeds' accuracies (mean ± t·s/√k; points: each seed)")
+    text = "Shaded: 95% intervals; " + "; ".join(parts) + "." if parts else ""
+    if trimmed_at is not None:
+        text += f" Larger ε not shown: every curve is at 0 from ε={trimmed_at:g}."
+    return text.strip()
 
 
 def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[str]:
@@ -235,8 +265,10 @@ def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[str]
     return lines
 
 
-def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, fmt: str = "md") -> Report:
-    """Write summary.csv, <attack>.png, report.md (and report.html for fmt="html") into out_dir.
+def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, fmt: str = "md",
+                 figure_formats: str | tuple[str, ...] = ("png",)) -> Report:  # fmt: skip
+    """Write summary.csv, <attack>.png (300 dpi; also .svg/.pdf when `figure_formats` names them),
+    report.md (and report.html for fmt="html") into out_dir.
 
     Every input is checked, and out_dir made and tested for writing, before anything is drawn. Names
     and labels come from data: file names are slugs inside out_dir, text is shown literally, and the
@@ -244,12 +276,14 @@ def write_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     """
     if fmt not in FORMATS:
         raise RobenchError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    from .figure_style import parse_formats
     from .locking import exclusive
 
+    formats = parse_formats(figure_formats if isinstance(figure_formats, str) else ",".join(figure_formats))
     df = load_results(paths)
     out = _writable_dir(out_dir)
     with exclusive(out):
-        return _write_report(paths, df, out, fmt)
+        return _write_report(paths, df, out, fmt, formats)
 
 
 def png_name(attack: str) -> str:
@@ -257,8 +291,9 @@ def png_name(attack: str) -> str:
     return f"{slug(attack)}.png"
 
 
-def _write_report(paths, df: pd.DataFrame, out: Path, fmt: str) -> Report:
-    from .plots import accuracy_figure, save_png
+def _write_report(paths, df: pd.DataFrame, out: Path, fmt: str, formats: tuple[str, ...] = ("png",)) -> Report:
+    from .figure_style import figure_title
+    from .plots import accuracy_figure, save_figure, zero_from
 
     rows, summary = headline(select_rows(df)), summarize(df)
     metas = {m: provenance(m) for m in rows["model"].unique()}
@@ -267,11 +302,18 @@ def _write_report(paths, df: pd.DataFrame, out: Path, fmt: str) -> Report:
     curves = {}
     for attack in curve_order(a for a in rows["attack"].unique() if a not in JACOBIAN_ATTACKS):
         curves[attack] = attack_curves(rows, attack, metas)
-        norm = rows.loc[rows["attack"] == attack, "norm"].iloc[0]
-        what = "robust accuracy (worst case over attacks)" if attack.startswith("worst_case") else "accuracy"
-        fig = accuracy_figure(curves[attack], title=f"{attack}: {what} vs ε", xlabel=f"ε ({norm} norm)")
-        files.append(inside(out, png_name(attack)))
-        save_png(fig, files[-1])
+        sub = rows[rows["attack"] == attack]
+        norm, datasets = sub["norm"].iloc[0], sorted(sub["dataset"].unique())
+        sizes = "/".join(str(int(n)) for n in sorted(sub["n"].unique()))
+        seeds = max((c.k for c in curves[attack]), default=1)
+        title = figure_title(attack, norm, datasets[0] if len(datasets) == 1 else "+".join(datasets), sizes, seeds,
+                             sub["attack_params"].iloc[-1])  # fmt: skip
+        fig = accuracy_figure(curves[attack], title=title, dataset=datasets[0] if len(datasets) == 1 else None,
+                              xlabel=f"ε ({NORM_LABELS.get(norm, norm)}, pixel scale [0, 1])",
+                              caption=band_caption(curves[attack], zero_from(curves[attack])))  # fmt: skip
+        for figure_format in formats:
+            files.append(inside(out, png_name(attack)[: -len(".png")] + "." + figure_format))
+            save_figure(fig, files[-1], figure_format)
     context = dict(paths=paths, rows=rows, summary=summary, curves=curves, metas=metas,
                    compared=comparisons(paths, current_rows(df)))
     files.append(out / "report.md")

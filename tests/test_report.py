@@ -1,5 +1,6 @@
 """`robench report` on real results: summary numbers recomputed from the CSV rows, the seed band,
-800 x 500 PNGs, a self-contained HTML page, provenance, and one-line errors."""
+2400 x 1500 PNGs (8 x 5 in at 300 dpi), SVG/PDF on request, a defense's fixed style, paper-style
+legends and titles, 95% bands, a self-contained HTML page, provenance, and one-line errors."""
 
 from __future__ import annotations
 
@@ -110,13 +111,79 @@ def test_seeds_of_one_defense_become_a_mean_curve_with_a_std_band(csvs, runs):
     np.testing.assert_allclose(band.std, plain.std(axis=0, ddof=1).to_numpy())
 
 
-def test_pngs_are_800_by_500(report):
+def test_pngs_are_8_by_5_inches_at_300_dpi(report):
     import matplotlib.image
 
     out, _ = report
     for attack in CURVES:
         height, width = matplotlib.image.imread(out / f"{attack}.png").shape[:2]
-        assert (width, height) == (800, 500), attack
+        assert (width, height) == (2400, 1500), attack
+
+
+def test_svg_and_pdf_are_written_when_asked(csvs, tmp_path):
+    out = tmp_path / "figs"
+    result = invoke("report", *csvs, "--out", out, "--figure-format", "svg,pdf")
+    assert result.exit_code == 0, result.output
+    for attack in CURVES:
+        assert (out / f"{attack}.png").read_bytes()[:4] == b"\x89PNG"
+        assert b"<svg" in (out / f"{attack}.svg").read_bytes()[:1000]
+        assert (out / f"{attack}.pdf").read_bytes()[:5] == b"%PDF-"
+    bad = invoke("report", *csvs, "--out", tmp_path / "bad", "--figure-format", "png,gif")
+    assert bad.exit_code == 1 and "--figure-format takes" in bad.output
+
+
+def _line_styles(curves):
+    """Legend text -> (colour, line style, marker) of the line a figure draws for it."""
+    from robench.plots import accuracy_figure
+
+    fig = accuracy_figure(curves, title="t", xlabel="x")
+    ax = fig.axes[0]
+    return {line.get_label(): (line.get_color(), line.get_linestyle(), line.get_marker())
+            for line in ax.lines if not line.get_label().startswith("_")}  # fmt: skip
+
+
+def test_a_defense_has_the_same_style_in_reports_of_different_model_sets(csvs, runs):
+    """The JR model's line looks the same whether it is drawn with every model or with JR alone, and
+    the undefended curve is never drawn in JR's colour: styles come from the defense, not the position."""
+    rows = select_rows(load_results(csvs))
+    metas = {m: provenance(m) for m in rows["model"].unique()}
+    every = _line_styles(attack_curves(rows, "pgd", metas))
+    jr_only = rows[rows["defense"] == "jr=0.1"]
+    alone = _line_styles(attack_curves(jr_only, "pgd", metas))
+    assert set(alone) == {"JR λ=0.1"} and alone["JR λ=0.1"] == every["JR λ=0.1"]
+    assert every["no defense (2 seeds)"][0] != every["JR λ=0.1"][0]
+
+
+def test_paper_style_legends_and_titles():
+    from robench.figure_style import figure_title, paper_label
+
+    assert paper_label("none") == "no defense"
+    assert paper_label("jr=0.01") == "JR λ=0.01"
+    assert paper_label("l2=0.0005+dropout=0.5") == "L2 5e-4 + dropout 0.5"
+    assert paper_label("adv=fgsm@0.3") == "FGSM-AT ε=0.3"
+    assert paper_label("adv=fgsm@0.1+jr=0.01+l2=0.0005+dropout=0.5") == "L2 5e-4 + dropout 0.5 + JR λ=0.01 + FGSM-AT ε=0.1"
+    assert paper_label("jr=0.01(pixel)") == "JR λ=0.01 (pixel units)"
+    assert paper_label("external") == "external"
+    pgd = '{"class":"LinfPGD","params":{"random_start":true,"rel_stepsize":0.0625,"steps":40},"repeats":1}'
+    assert figure_title("pgd", "linf", "mnist", 1000, 5, pgd) == "PGD-40 L∞ · MNIST · n=1000 · 5 seeds"
+    assert figure_title("worst_case_l2", "l2", "cifar10", 500, 1) == "Worst case over attacks L2 · CIFAR-10 · n=500 · 1 seed"
+
+
+def test_a_one_seed_curve_carries_its_binomial_band_and_several_seeds_a_t_band(csvs, runs):
+    from scipy import stats
+
+    rows = select_rows(load_results(csvs))
+    metas = {m: provenance(m) for m in rows["model"].unique()}
+    curves = {c.label: c for c in attack_curves(rows, "pgd", metas)}
+    single = curves["jr=0.1"]
+    mine = rows[(rows["attack"] == "pgd") & (rows["defense"] == "jr=0.1")].set_index("epsilon").loc[single.eps]
+    np.testing.assert_allclose(single.low, mine["ci_low"].to_numpy())  # Clopper-Pearson over n=100
+    np.testing.assert_allclose(single.high, mine["ci_high"].to_numpy())
+    assert (single.low <= single.mean).all() and (single.mean <= single.high).all() and (single.high > single.low).any()
+    band = curves["none (2 seeds)"]
+    half = stats.t.ppf(0.975, 1) * band.std / np.sqrt(2)
+    np.testing.assert_allclose(band.low, np.clip(band.mean - half, 0, 1))
+    np.testing.assert_allclose(band.high, np.clip(band.mean + half, 0, 1))
 
 
 def test_markdown_embeds_plots_and_gives_provenance(report, runs):
