@@ -176,7 +176,9 @@ def show(runs: tuple[str, ...]) -> None:
             _number(metrics.get("test_jacobian_norm_pixel", metrics.get("test_jacobian_norm"))),
             _number(meta.get("train_seconds"), 0),
         )  # fmt: skip
-    Console().print(table)
+    from .tables import never_cut, print_table
+
+    print_table(Console(), never_cut(table, keep_whole_from=3))
 
 
 def _number(value, digits: int = 3) -> str:
@@ -226,7 +228,7 @@ def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, wei
     from .distributed import is_main_process
     from .evaluate import evaluate, open_sources
     from .progress import console
-    from .tables import attack_tables, clean_table
+    from .tables import attack_tables, clean_table, print_table
 
     config = EvalConfig(eps=tuple(parse_eps(eps)) if eps is not None else None, **options).validate()
     opener = partial(open_sources, models, arch=arch, weights=weights, dataset=dataset, normalize=normalize,
@@ -235,9 +237,9 @@ def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, wei
     if not is_main_process():  # under torchrun, rank 0 reports
         return
     stdout = Console()
-    stdout.print(clean_table(df))
+    print_table(stdout, clean_table(df))
     for table in attack_tables(df):
-        stdout.print(table)
+        print_table(stdout, table)
     for line in warnings_for(df):
         console().print(f"[yellow]warning:[/] {for_console(line)}")
 
@@ -255,9 +257,11 @@ def report(results: tuple[str, ...], out_dir: str, fmt: str, figure_formats: str
 
     from .report import summary_tables, write_report
 
+    from .tables import print_table
+
     written = write_report(list(results), out_dir, fmt=fmt, figure_formats=figure_formats)
     for table in summary_tables(written.summary):
-        Console().print(table)
+        print_table(Console(), table)
     click.echo(f"wrote {', '.join(p.name for p in written.files)} to {out_dir}")
 
 
@@ -311,7 +315,9 @@ def compare(model_a: str, model_b: str, attack: str | None, results: tuple[str, 
                       f"{c['accuracy_a']:.3f}", f"{c['accuracy_b']:.3f}", f"{100 * c['difference']:+.1f}",
                       f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]", f"{c['p_value']:.2g}",
                       str(c["a_only"]), str(c["b_only"]))  # fmt: skip
-    Console(width=max(120, Console().width)).print(table)
+    from .tables import never_cut, print_table
+
+    print_table(Console(), never_cut(table, keep_whole_from=2))
     for c in found:
         if c["attack"] == "worst_case" and c["epsilon"] > 0:
             click.echo(describe(c, label_a, label_b))
@@ -399,8 +405,10 @@ def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, eps_gr
 
     check_attack_names(config, [*(_parse_eps_grids(eps_grids) if eps_grids else {}), *changes.get("attack_n", {})])
     report = reproduce_mnist(config, out, fmt=fmt)
+    from .tables import print_table
+
     for table in summary_tables(report.summary):
-        Console().print(table)
+        print_table(Console(), table)
     click.echo(f"report in {out}/report; claims in {out}/claims.md")
 
 

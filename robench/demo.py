@@ -43,7 +43,7 @@ def main() -> None:
     from .results.compare import compare_models, describe
     from .results.select import current_rows
     from .sources import from_run
-    from .tables import attack_tables, clean_table
+    from .tables import attack_tables, clean_table, print_table
     from .train import TrainConfig, train
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -61,9 +61,9 @@ def main() -> None:
         evaluate(sources, EvalConfig(attacks=attack, eps=grid, n=n, device="cpu"), out=DEMO_CSV)
     df = read_results(DEMO_CSV)
     df = df[df["model_hash"].isin({s.model_hash for s in sources})]
-    out.print(clean_table(df))
+    print_table(out, clean_table(df))
     for table in attack_tables(df):
-        out.print(table)
+        print_table(out, table)
     for line in warnings_for(df):
         out.print(f"[yellow]warning:[/] {for_console(line)}")
     rows = current_rows(df)

@@ -473,6 +473,8 @@ def summary_tables(summary: pd.DataFrame) -> list[Any]:
     """
     from rich.table import Table
 
+    from .tables import never_cut
+
     labels = _labels(list(summary["model"]))
     distance = [c for c in summary.columns if c.endswith("_median_distance") and summary[c].notna().any()]
     parts = [
@@ -492,5 +494,5 @@ def summary_tables(summary: pd.DataFrame) -> list[Any]:
         for record in summary.to_dict("records"):
             table.add_row(for_console(labels[record["model"]]), for_console(record["defense"]),
                           *(_fmt(record[c]) for c in columns))  # fmt: skip
-        tables.append(table)
+        tables.append(never_cut(table, keep_whole_from=2))
     return tables

@@ -267,3 +267,33 @@ def test_bad_input_gets_one_line(tmp_path, csvs):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (args, result.output)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_terminal_tables_never_cut_a_number(csvs, width):
+    """Narrow terminals and pipes (rich assumes 80 columns there): cells wrap, numbers stay whole."""
+    import io
+
+    from rich.console import Console
+
+    from robench.report import summarize, summary_tables
+    from robench.tables import attack_tables, clean_table, print_table
+
+    df = load_results(csvs)
+    tables = [clean_table(df), *attack_tables(df), *summary_tables(summarize(df))]
+    for table in tables:
+        buffer = io.StringIO()
+        print_table(Console(file=buffer, width=width), table)
+        text = buffer.getvalue()
+        assert "…" not in text
+        words = set(re.findall(r"[^\s│┃]+", text))
+        for column in table.columns[2:]:
+            for cell in column.cells:
+                for word in str(cell).split():
+                    assert word in words, (width, table.title, word)
+
+
+def test_cifar_grids_read_in_255ths():
+    from robench.tables import eps_text
+
+    assert eps_text(8 / 255, True) == "8/255" and eps_text(0.0, True) == "0" and eps_text(0.1, False) == "0.1"
