@@ -145,12 +145,20 @@ def _ticks_in_255ths(ax: Any, eps: list[float]) -> None:
     ax.set_xticklabels([f"{round(e * 255)}/255" if e else "0" for e in eps])
 
 
+# Ten classes in ten hues with no grey among them (tab10's grey made MNIST's 7 look like "no class"):
+# Okabe & Ito's seven colours, then three of Paul Tol's, ordered so neighbours differ in hue.
+CLASS_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#332288",
+                 "#44AA99", "#882255")  # fmt: skip
+
+
 def class_colors(num_classes: int) -> np.ndarray:
-    """A fixed qualitative palette (tab10, tab20 beyond 10 classes): class c has one colour everywhere."""
+    """A fixed qualitative palette (CLASS_PALETTE; tab20 beyond 10 classes): class c has one colour everywhere."""
     import matplotlib
 
-    name = "tab10" if num_classes <= 10 else "tab20"
-    colors = np.asarray(matplotlib.colormaps[name].colors, dtype=float)
+    if num_classes <= len(CLASS_PALETTE):
+        colors = np.array([[int(c[i : i + 2], 16) / 255 for i in (1, 3, 5)] for c in CLASS_PALETTE])
+    else:
+        colors = np.asarray(matplotlib.colormaps["tab20"].colors, dtype=float)
     return colors[np.arange(num_classes) % len(colors)]
 
 
@@ -197,8 +205,25 @@ def cells_figure(result: dict[str, Any], labels: list[str], title: str) -> Any:
         ax.set_ylim(extent[2], extent[3])
         ax.set_aspect("equal")
     colors = class_colors(num_classes)
-    handles = [Patch(color=colors[c], label=str(c)) for c in range(num_classes)]
+    true = result.get("label")
+    handles = [Patch(facecolor=colors[c], edgecolor="black" if c == true else colors[c], linewidth=2 if c == true else 0,
+                     label=f"{c} (true)" if c == true else str(c)) for c in range(num_classes)]  # fmt: skip
     fig.legend(handles=handles, loc="lower center", ncol=min(num_classes, 10), fontsize="small", title="predicted class")
     fig.suptitle(for_figure(title), fontsize="medium")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 0.9, 1))
+    _confidence_bar(fig, num_classes)  # after the layout: in its own axes at the right edge
     return fig
+
+
+def _confidence_bar(fig: Any, num_classes: int) -> None:
+    """The colour bar of `shade`'s confidence scale: a class's colour at full strength means max
+    softmax 1, faded toward white means near chance (1/C)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+
+    chance = 1.0 / num_classes
+    levels = np.linspace(chance, 1.0, 64)
+    grey = shade(np.zeros(len(levels), dtype=int), levels, num_classes)  # class 0's colour, faded as drawn
+    cmap = LinearSegmentedColormap.from_list("confidence", grey)
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(chance, 1.0), cmap=cmap), cax=fig.add_axes((0.915, 0.22, 0.015, 0.62)))
+    bar.set_label("confidence (max softmax; every class fades alike)", fontsize="small")

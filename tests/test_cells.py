@@ -102,3 +102,24 @@ def test_cells_cli_errors_are_one_line(tmp_path, trained_run):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (args, result.output)
     assert not (tmp_path / "c.png").exists()
+
+
+def test_class_colours_have_no_grey_and_the_true_class_is_marked(trained_model, image):
+    """Every class has a saturated hue of its own (tab10's grey used to make one class look like
+    'no class'), the legend marks the true class, and a colour bar gives the confidence scale."""
+    import colorsys
+
+    import numpy as np
+
+    from robench.plots import cells_figure, class_colors
+
+    colors = class_colors(10)
+    saturation = [colorsys.rgb_to_hsv(*c)[1] for c in colors]
+    assert min(saturation) > 0.3 and len({tuple(np.round(c, 3)) for c in colors}) == 10
+    model, _ = trained_model
+    result = decision_cells([model.eval()], image, plane="random", span=5.0, resolution=5, seed=0)
+    result["label"] = 7
+    fig = cells_figure(result, ["m"], "t")
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "7 (true)" in legend and "3" in legend
+    assert len(fig.axes) == 2 and "confidence" in fig.axes[1].get_ylabel()
