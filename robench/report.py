@@ -234,8 +234,19 @@ def band_caption(curves: list[Curve], trimmed_at: float | None) -> str:
     return text.strip()
 
 
-def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[str]:
-    """"JR vs none" lines, markdown with the labels escaped (`rows`: current rows, attack names as stored): every defended model against a `none` model evaluated on the same images
+class Comparison(NamedTuple):
+    """One defended model against an undefended one at one ε: `item` from `compare_models`, and
+    `line`, its sentence in markdown (labels escaped)."""
+
+    model: str
+    defense: str
+    baseline: str
+    item: dict
+    line: str
+
+
+def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[Comparison]:
+    """"JR vs none" comparisons (`rows`: current rows, attack names as stored): every defended model against a `none` model evaluated on the same images
     (same dataset, n, seed, protocol), on the worst-case rows at every ε > 0 (on every attack's rows
     when no worst case exists). Needs per-example outcomes; rows without them are skipped."""
     from .results import outcomes
@@ -259,7 +270,8 @@ def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[str]
             found = compare_models(rows, table, model["model_hash"], base["model_hash"])
             worst = [c for c in found if c["attack"] == "worst_case" and c["epsilon"] > 0]
             for item in worst or [c for c in found if c["epsilon"] > 0]:
-                lines.append(describe(item, for_markdown(model["defense"]), for_markdown(base["defense"])))
+                line = describe(item, for_markdown(model["defense"]), for_markdown(base["defense"]))
+                lines.append(Comparison(model["model"], model["defense"], base["model"], item, line))
             if found:
                 break
     return lines
@@ -346,10 +358,16 @@ class Code(str):
     """A table cell shown as a code span (model names, paths); every other string cell is plain text."""
 
 
+class Bold(str):
+    """A table cell of robench's own text, shown in bold."""
+
+
 def _cell(value: Any) -> str:
     """A markdown table cell that shows `value` literally, whatever characters it holds."""
     if isinstance(value, Code):
         return f"`{for_code_span(value)}`".replace("|", "\\|")
+    if isinstance(value, Bold):
+        return f"**{for_markdown(value)}**"
     if isinstance(value, str):
         return for_markdown(value)
     return _fmt(value).replace("|", "\\|")
@@ -367,7 +385,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def render_markdown(
     *, paths: list, rows: pd.DataFrame, summary: pd.DataFrame, curves: dict[str, list[Curve]],
-    metas: dict[str, dict | None], images: dict[str, str], compared: list[str] = (),
+    metas: dict[str, dict | None], images: dict[str, str], compared: list[Comparison] = (),
 ) -> str:  # fmt: skip
     """The report as markdown; `images` maps each attack to its PNG's address (file name or data URI)."""
     labels = _labels(list(summary["model"]))
@@ -379,21 +397,22 @@ def render_markdown(
     if compared:
         lines += ["## Did the defense help?", "",
                   "Each defended model against the undefended one on the same test images: the difference in "
-                  "robust accuracy (worst case over attacks where one exists) in percentage points, its 95% "
-                  "interval (paired t on the per-example outcomes), and the exact McNemar p-value on the "
-                  "examples where the two models disagree.", ""]  # fmt: skip
-        lines += [f"- {line}" for line in compared] + [""]  # labels escaped in `comparisons`
+                  "robust accuracy (worst case over attacks where one exists) in percentage points, with its 95% "
+                  "interval (paired t on the per-example outcomes); **bold** where the interval excludes 0.", ""]  # fmt: skip
+        lines += headline_table(compared, labels)
+        lines += ["### Each comparison, with the exact McNemar p-value", ""]
+        lines += [f"- {c.line}" for c in compared] + [""]  # labels escaped in `comparisons`
     lines += [
         "## Summary", "",
-        "`auc_worst_case_<norm>`: the worst case over every adversarial attack of that norm (the robust "
-        "accuracy robench stands behind); accuracies in the tables below carry 95% Clopper-Pearson "
-        "intervals in the results CSV (`ci_low`, `ci_high`).", "",
-        f"`auc_<attack>`: area under accuracy vs ε (trapezoid rule) divided by the ε range, i.e. the mean "
-        f"accuracy over the grid (in [0, 1]; compare models on the same grid only). `eps50_<attack>`: the ε "
-        f"where accuracy first falls below {LEVEL:g}, interpolated linearly (— if it never does).", "",
+        "Three narrow tables, so each fits a page. AUC: the mean accuracy over the attack's ε grid "
+        "(area under accuracy vs ε by the trapezoid rule, divided by the ε range; compare models on the "
+        f"same grid only). ε50: the ε where accuracy first falls below {LEVEL:g} (interpolated); "
+        "\"> x\" where it never does up to the grid's largest ε x; — where the attack was not run. The worst "
+        "case over every adversarial attack of a norm is the robust accuracy robench stands behind; every "
+        "accuracy has its 95% Clopper-Pearson interval in the results CSV (`ci_low`, `ci_high`). The "
+        "same numbers, with machine-readable column names, are in summary.csv.", "",
     ]  # fmt: skip
-    table = summary.drop(columns=["jacobian_norm"]).assign(model=summary["model"].map(lambda m: Code(labels[m])))
-    lines += _table(list(table.columns), table.values.tolist())
+    lines += summary_markdown(summary, rows, labels)
     for attack, attack_curves_ in curves.items():
         sub = rows[rows["attack"] == attack]
         eps = sorted(sub["epsilon"].unique())
@@ -409,6 +428,70 @@ def render_markdown(
             body.append([f"mean of {curve.k}", curve.label] + [cells.get(e, "—") for e in eps])
         lines += _table(["model", "defense"] + [f"ε={e:g}" for e in eps], body)
     return "\n".join(lines + _provenance_lines(rows, labels, metas))
+
+
+def headline_table(compared: list[Comparison], labels: dict[str, str]) -> list[str]:
+    """The comparisons as one table: a row per (defended model, baseline), a column per ε."""
+    from .figure_style import NORM_SYMBOLS, paper_label
+
+    eps = sorted({c.item["epsilon"] for c in compared})
+    norms = sorted({c.item["norm"] for c in compared})
+    cells: dict[tuple[str, str], dict[float, str]] = {}
+    for c in compared:
+        text = f"{100 * c.item['difference']:+.1f} [{100 * c.item['low']:.1f}, {100 * c.item['high']:.1f}]"
+        excludes_zero = c.item["low"] > 0 or c.item["high"] < 0
+        cells.setdefault((c.model, c.baseline), {})[c.item["epsilon"]] = Bold(text) if excludes_zero else text
+    defenses = {c.model: c.defense for c in compared}
+    body = [[Code(labels.get(model, model)), paper_label(defenses[model]), Code(labels.get(base, base))]
+            + [by_eps.get(e, "—") for e in eps] for (model, base), by_eps in cells.items()]  # fmt: skip
+    norm = "/".join(NORM_SYMBOLS.get(n, n) for n in norms)
+    return _table(["model", "defense", "vs"] + [f"ε={e:g} ({norm})" for e in eps], body)
+
+
+def _human(column: str) -> str:
+    """summary.csv's column name as a table header: auc_worst_case_linf -> 'worst case L∞'."""
+    from .figure_style import NORM_SYMBOLS, attack_name
+
+    for prefix in ("auc_", "eps50_"):
+        if column.startswith(prefix):
+            attack = column[len(prefix):]
+            if attack.startswith("worst_case_"):
+                return f"worst case {NORM_SYMBOLS.get(attack[len('worst_case_'):], '')}".strip()
+            return attack_name(attack)
+    return {"clean_accuracy": "clean accuracy", "jacobian_norm_normalized": "‖J‖_F normalized",
+            "jacobian_norm_pixel": "‖J‖_F pixel", "cw_median_distance": "CW median L2 distance",
+            "n": "n", "dataset": "dataset"}.get(column, column.replace("_", " "))  # fmt: skip
+
+
+def summary_markdown(summary: pd.DataFrame, rows: pd.DataFrame, labels: dict[str, str]) -> list[str]:
+    """The summary as three narrow markdown tables (clean metrics, AUC, ε50) with readable headers;
+    an ε50 never reached reads "> largest ε" rather than "—", which means "not run"."""
+    from .figure_style import paper_label
+
+    clean = [c for c in ("clean_accuracy", "jacobian_norm_normalized", "jacobian_norm_pixel", "cw_median_distance")
+             if c in summary.columns and (c != "cw_median_distance" or summary[c].notna().any())]  # fmt: skip
+    aucs = [c for c in summary.columns if c.startswith("auc_")]
+    eps50s = [c for c in summary.columns if c.startswith("eps50_")]
+    largest = rows.groupby(["model", "attack"])["epsilon"].max().to_dict()
+
+    def eps50(record: dict, column: str) -> Any:
+        value, attack = record[column], column[len("eps50_"):]
+        if isinstance(value, float) and math.isnan(value) and not math.isnan(record.get(f"auc_{attack}", math.nan)):
+            return f"> {largest.get((record['model'], attack), math.nan):g}"
+        return value
+
+    lines = []
+    for title, columns, cell in (("Clean accuracy and ‖J‖_F (mean exact test Frobenius norm; normalized: the "
+                                  "paper's units, d logits / d normalized input; pixel: d logits / d pixel)", clean,
+                                  lambda r, c: r[c]),
+                                 ("AUC: mean accuracy over the ε grid", aucs, lambda r, c: r[c]),
+                                 (f"ε50: ε where accuracy falls below {LEVEL:g}", eps50s, eps50)):  # fmt: skip
+        if not columns:
+            continue
+        body = [[Code(labels[r["model"]]), paper_label(r["defense"])] + [cell(r, c) for c in columns]
+                for r in summary.to_dict("records")]  # fmt: skip
+        lines += [f"**{for_markdown(title)}**", ""] + _table(["model", "defense"] + [_human(c) for c in columns], body)
+    return lines
 
 
 def _provenance_lines(rows: pd.DataFrame, labels: dict[str, str], metas: dict[str, dict | None]) -> list[str]:
