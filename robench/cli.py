@@ -15,6 +15,7 @@ import sys
 import click
 
 from .errors import RobenchError
+from .completion import complete_arch, complete_attacks, complete_models
 from .untrusted import for_console
 from .settings import PLANES, REPORT_FORMATS as FORMATS, CellsConfig, EvalConfig, TrainConfig
 
@@ -77,7 +78,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--model", default=DEFAULTS.model, help="Architecture: lenet, lenet5, mlp, resnet18.")
+@click.option("--model", default=DEFAULTS.model, help="Architecture: lenet, lenet5, mlp, resnet18.",
+              shell_complete=complete_models)
 @click.option("--dataset", default=DEFAULTS.dataset, help="mnist, cifar10 or imagenet.")
 @click.option("--jr", type=float, default=DEFAULTS.jr, help="Jacobian regularization strength lambda_JR (0 = off), in --jr-units.")
 @click.option("--jr-units", type=click.Choice(["normalized", "pixel"]), default=None,
@@ -188,7 +190,7 @@ def _number(value, digits: int = 3) -> str:
 
 @cli.command(name="eval")
 @click.argument("models", nargs=-1, type=click.Path())
-@click.option("--attack", "attacks", default=EVAL_DEFAULTS.attacks,
+@click.option("--attack", "attacks", default=EVAL_DEFAULTS.attacks, shell_complete=complete_attacks,
               help="Comma-separated attack or suite names (files in attacks/; see `robench attacks`), "
                    "'default' (noise,fgsm,pgd,cw,autoattack) or 'all'.")
 @click.option("--eps", default=None, help="Epsilon list overriding the attacks' grids, e.g. '0,0.1,0.3' or '0,8/255'.")
@@ -196,7 +198,7 @@ def _number(value, digits: int = 3) -> str:
 @click.option("--batch-size", type=int, default=EVAL_DEFAULTS.batch_size)
 @click.option("--device", default=EVAL_DEFAULTS.device, help="auto, cpu, cuda or cuda:N (torchrun: auto or cuda).")
 @click.option("--seed", type=int, default=EVAL_DEFAULTS.seed, help="Seeds random starts and noise.")
-@click.option("--arch", default=None, help="Architecture of --weights: robench:NAME, torchvision:NAME or timm:NAME "
+@click.option("--arch", default=None, shell_complete=complete_arch, help="Architecture of --weights: robench:NAME, torchvision:NAME or timm:NAME "
               "(a bare NAME: robench's model of that name if it has one for the dataset, else torchvision's).")
 @click.option("--weights", type=click.Path(), default=None, help="Weights file for --arch (.safetensors or .pth).")
 @click.option("--dataset", default="mnist", help="Dataset of an --arch model: mnist, cifar10 or imagenet.")
@@ -371,8 +373,8 @@ def reproduce() -> None:
 @click.option("--n", type=int, default=None, help="Attack the first N test images (full: all 10,000).")
 @click.option("--defenses", default=None, help="Comma-separated: none, l2, dropout, jr, all (Table 1), base, base+adv, "
               "base+jr, base+jr+adv (Figure 3; base = L2 + dropout); default all nine.")
-@click.option("--attacks", default=None, help="Attack or suite names, 'default' or 'all' (full: default; quick: noise,fgsm,pgd,cw).")
-@click.option("--model", default=None, help="Architecture (default: lenet, the paper's LeNet').")
+@click.option("--attacks", default=None, shell_complete=complete_attacks, help="Attack or suite names, 'default' or 'all' (full: default; quick: noise,fgsm,pgd,cw).")
+@click.option("--model", default=None, shell_complete=complete_models, help="Architecture (default: lenet, the paper's LeNet').")
 @click.option("--attack-n", multiple=True, help="Cap one attack's test images, e.g. --attack-n cw=200 (repeatable).")
 @click.option("--eps", "eps_grids", multiple=True, help="One attack's epsilon grid, e.g. --eps pgd=0,0.1,0.2 (repeatable).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
