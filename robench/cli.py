@@ -210,6 +210,8 @@ def _number(value, digits: int = 3) -> str:
               help="Dataset directory (CIFAR-10: holds cifar-10-batches-py; imagenet: holds val/<class>/...).")
 @click.option("--tf32/--no-tf32", default=EVAL_DEFAULTS.tf32, show_default=True,
               help="TF32 matmuls and convolutions on CUDA (--no-tf32: full fp32).")
+@click.option("--jacobian-n", type=int, default=None,
+              help="Images for the exact ||J||_F rows (default: all --n; 0 skips them; they cost C backward passes per image).")
 @click.option("--out", type=click.Path(), default=None, help="Results CSV (default results/<dataset>.csv).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, weights: str | None,

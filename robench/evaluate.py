@@ -133,10 +133,13 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
         "protocol": PROTOCOL,
     }  # fmt: skip
     done = world.on_main(lambda: store.done(source.model_hash, len(y), config.seed, PROTOCOL))
-    wanted = [JACOBIAN_ATTACK] + ([JACOBIAN_NORMALIZED] if input_std(model) is not None else [])
-    missing = [a for a in wanted if (a, "exact", 0.0) not in done]
+    # The exact ||J|| rows: on all n images, on the first jacobian_n (rows of their own n), or none.
+    jn = len(y) if config.jacobian_n is None else min(config.jacobian_n, len(y))
+    wanted = [JACOBIAN_ATTACK] + ([JACOBIAN_NORMALIZED] if input_std(model) is not None else []) if jn else []
+    done_j = done if jn == len(y) else world.on_main(lambda: store.done(source.model_hash, jn, config.seed, PROTOCOL))
+    missing = [a for a in wanted if (a, "exact", 0.0) not in done_j]
     if missing:  # on rank 0 alone: the same values as a single process
-        world.on_main(lambda: store.add(_clean_rows(model, x, y, base, missing)))
+        world.on_main(lambda: store.add(_clean_rows(model, x[:jn], y[:jn], {**base, "n": jn}, missing)))
     fmodel = foolbox_model(model, world.device)
     for spec in specs:
         todo = [e for e in grids[spec.name] if (spec.name, spec.spec_hash, eps_key(e)) not in done]

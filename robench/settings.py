@@ -142,6 +142,8 @@ class EvalConfig:
         seed: seeds random starts and noise draws (with each example's index).
         data_root: dataset directory (CIFAR-10, or an ImageNet-style root holding val/).
         tf32: allow TF32 matmuls and convolutions on CUDA (robench's default; off for full fp32).
+        jacobian_n: images of the exact ||J||_F rows (C backward passes per image): None, all n;
+            0 skips them; k takes the first k (the rows then say n=k).
     """
 
     attacks: str = "default"
@@ -152,10 +154,13 @@ class EvalConfig:
     seed: int = 0
     data_root: str | None = None
     tf32: bool = True
+    jacobian_n: int | None = None
 
     def validate(self) -> "EvalConfig":
         if self.n is not None and self.n < 1:
             raise RobenchError(f"--n must be >= 1, got {self.n}")
+        if self.jacobian_n is not None and (isinstance(self.jacobian_n, bool) or self.jacobian_n < 0):
+            raise RobenchError(f"--jacobian-n must be >= 0 (0 skips the ||J|| rows), got {self.jacobian_n}")
         if self.batch_size < 1:
             raise RobenchError(f"--batch-size must be >= 1, got {self.batch_size}")
         from .limits import check_seed

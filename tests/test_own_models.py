@@ -98,3 +98,20 @@ def test_num_classes_where_the_weights_do_not_tell(tmp_path):
     assert source.model.net.fc.out_features == 10
     with pytest.raises(RobenchError, match="--num-classes must be a positive integer"):
         from_weights("torchvision:resnet18", weights, "cifar10", num_classes=0)
+
+
+@pytest.mark.parametrize("jacobian_n, rows_n", [(0, None), (20, 20)])
+def test_jacobian_n_skips_or_subsets_the_exact_norm_rows(trained_run, tmp_path, jacobian_n, rows_n):
+    out = tmp_path / "r.csv"
+    args = ["eval", str(trained_run), "--attack", "fgsm", "--eps", "0,0.1", "--n", "50", "--device", "cpu", "--quiet",
+            "--jacobian-n", str(jacobian_n), "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    jac = rows[rows["attack"].str.startswith("jacobian_norm")]
+    assert (len(jac) == 0) if rows_n is None else (set(jac["n"]) == {rows_n} and len(jac) == 2)
+    assert (rows[rows["attack"] == "fgsm"]["n"] == 50).all()
+    again = CliRunner().invoke(cli, args)  # a rerun finds everything done
+    assert again.exit_code == 0 and len(pd.read_csv(out)) == len(rows)
+    bad = CliRunner().invoke(cli, args[:-4] + ["--jacobian-n", "-1", "--out", str(out)])
+    assert bad.exit_code == 1 and "--jacobian-n must be >= 0" in bad.output
