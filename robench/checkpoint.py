@@ -30,7 +30,8 @@ OPTIMIZER_FILE = "optimizer.pt"
 RUN_FILES = (MODEL_FILE, META_FILE, LOG_FILE, OPTIMIZER_FILE)
 # Training settings added after runs existed, with the value every run saved without them had then:
 # before `jr_units`, the penalty was taken in pixel units; before `warmup_epochs`, there was none.
-LEGACY_CONFIG = {"jr_units": "pixel", "warmup_epochs": 0.0}
+LEGACY_CONFIG = {"jr_units": "pixel", "warmup_epochs": 0.0, "adv_steps": 10, "adv_mix": None, "trades_beta": 6.0,
+                 "igr": 0.0}  # fmt: skip
 MAX_META_BYTES = 1 << 20  # robench's own meta.json is ~2 kB
 
 

@@ -90,8 +90,16 @@ def cli() -> None:
 @click.option("--exact", is_flag=True, default=DEFAULTS.exact, help="Compute the JR penalty exactly (one pass per class).")
 @click.option("--l2", type=float, default=DEFAULTS.l2, help="L2 weight decay lambda_WD (paper: 0.0005).")
 @click.option("--dropout", type=float, default=DEFAULTS.dropout, help="Dropout rate (paper: 0.5).")
-@click.option("--adv-train", type=click.Choice(["fgsm"]), default=None, help="Adversarial training method.")
+@click.option("--adv-train", type=click.Choice(["fgsm", "pgd", "trades"]), default=None,
+              help="Adversarial training: fgsm (Goodfellow), pgd (Madry's PGD-AT), trades (Zhang et al.).")
 @click.option("--adv-eps", type=float, default=DEFAULTS.adv_eps, help="Adversarial training epsilon (L-inf, pixels in [0, 1]).")
+@click.option("--adv-steps", type=int, default=DEFAULTS.adv_steps,
+              help="PGD/TRADES steps K (step size 2.5 * eps / K; uniform random start for PGD).")
+@click.option("--adv-mix", type=float, default=None,
+              help="Clean share of the adversarial-training loss (default: fgsm 0.5, pgd 0: Madry's adversarial batch alone).")
+@click.option("--trades-beta", type=float, default=DEFAULTS.trades_beta, help="TRADES's beta: CE + beta * KL(f(x) || f(x_adv)).")
+@click.option("--igr", type=float, default=DEFAULTS.igr,
+              help="Input-gradient regularization strength: igr * mean ||d CE / d x||^2, in --jr-units.")
 @click.option("--epochs", type=int, default=DEFAULTS.epochs, help="Epochs (the paper: 250).")
 @click.option("--batch-size", type=int, default=DEFAULTS.batch_size)
 @click.option("--lr", type=float, default=DEFAULTS.lr, help="Initial learning rate.")
@@ -367,14 +375,14 @@ def reproduce() -> None:
 
 @reproduce.command(name="mnist")
 @click.option("--quick", is_flag=True, help="10,000 images, 2 epochs with warm-up, 100 test images (50 for CW), short grids: < 10 min on 2 CPU cores per seed.")
-@click.option("--seeds", default=None, help="Training seeds, e.g. 0,1,2,3,4 (a single N means seeds 0..N-1; full: 0-4, quick: 0).")
+@click.option("--seeds", default=None, help="Training seeds, e.g. 0,1,2,3,4 (a single N >= 1 means seeds 0..N-1, and 0 seed 0; full: 0-4, quick: 0).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (full: 250, the paper's recipe; quick: 2).")
 @click.option("--train-subset", type=int, default=None, help="Train on the first N images (full: all 60,000).")
 @click.option("--warmup-epochs", type=float, default=None, help="Linear lr warm-up (full: 0, the paper's recipe; quick: 1).")
 @click.option("--adv-eps", type=float, default=None, help="FGSM adversarial-training epsilon, L-inf in pixels (default 0.1; see reproduce.py).")
 @click.option("--n", type=int, default=None, help="Attack the first N test images (full: all 10,000).")
 @click.option("--defenses", default=None, help="Comma-separated: none, l2, dropout, jr, all (Table 1), base, base+adv, "
-              "base+jr, base+jr+adv (Figure 3; base = L2 + dropout); default all nine.")
+              "base+jr, base+jr+adv (Figure 3; base = L2 + dropout); default all nine. Beyond the paper: pgd-at, trades, igr, jr+pgd-at.")
 @click.option("--attacks", default=None, shell_complete=complete_attacks, help="Attack or suite names, 'default' or 'all' (full: default; quick: noise,fgsm,pgd,cw).")
 @click.option("--model", default=None, shell_complete=complete_models, help="Architecture (default: lenet, the paper's LeNet').")
 @click.option("--attack-n", multiple=True, help="Cap one attack's test images, e.g. --attack-n cw=200 (repeatable).")
@@ -417,11 +425,14 @@ def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, eps_gr
 
 
 def _parse_seeds(text: str) -> tuple[int, ...] | int:
-    """'0,1,2' -> those seeds; a lone 'N' -> N seeds (0..N-1), the option's meaning before lists."""
+    """'0,1,2' -> those seeds; a lone 'N' -> N seeds (0..N-1), the option's meaning before lists
+    ('0' is seed 0: zero seeds would be no study)."""
     parts = [p.strip() for p in text.split(",")]
     if not all(p.isdigit() for p in parts):
         raise RobenchError(f"--seeds takes integers like 0,1,2 (or a count N), got {text!r}")
-    return int(parts[0]) if len(parts) == 1 else tuple(int(p) for p in parts)
+    if len(parts) == 1:  # a count N, except 0, which can only mean seed 0 itself
+        return (0,) if int(parts[0]) == 0 else int(parts[0])
+    return tuple(int(p) for p in parts)
 
 
 def _parse_eps_grids(items: tuple[str, ...]) -> dict[str, tuple[float, ...]]:

@@ -34,7 +34,8 @@ RC_PARAMS = {
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
 # Components of a defense label, as TrainConfig.defense writes them ("adv=fgsm@0.1+jr=0.01+l2=0.0005").
-_PART = re.compile(r"^(adv|jr|l2|dropout)=(.+)$")
+_PART = re.compile(r"^(adv|jr|l2|dropout|igr)=(.+)$")
+_AT_PART = re.compile(r"^(pgd-at)@(.+)$|^(trades)\((.+)\)@(.+)$")
 # (colour, line style, marker) per family, for the paper's nine recipes and the single defenses.
 FAMILY_STYLES: dict[tuple[str, ...], tuple[str, str, str]] = {
     (): ("#000000", "-", "o"),  # no defense
@@ -46,6 +47,10 @@ FAMILY_STYLES: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("adv",): ("#D55E00", ":", "X"),
     ("adv", "dropout", "l2"): ("#D55E00", "-.", "X"),  # base+adv
     ("adv", "dropout", "jr", "l2"): ("#882255", "-", "*"),  # base+jr+adv
+    ("pgd-at",): ("#117733", "-", ">"),
+    ("trades",): ("#999933", "-", "<"),
+    ("igr",): ("#44AA99", "-", "h"),
+    ("jr", "pgd-at"): ("#332288", "-", "p"),
 }
 _FALLBACK_COLORS = ("#F0E442", "#44AA99", "#999933", "#AA4499", "#332288", "#117733", "#88CCEE", "#DDCC77")
 _FALLBACK_LINES = (":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
@@ -60,10 +65,18 @@ def _parts(defense: str) -> dict[str, str] | None:
         return {}
     parts = {}
     for piece in str(defense).split("+"):
-        match = _PART.match(piece)
-        if not match or match.group(1) in parts:
+        match, at = _PART.match(piece), _AT_PART.match(piece)
+        if match:
+            key, value = match.group(1), match.group(2)
+        elif at and at.group(1):
+            key, value = "pgd-at", at.group(2)
+        elif at:
+            key, value = "trades", f"{at.group(4)}@{at.group(5)}"
+        else:
             return None
-        parts[match.group(1)] = match.group(2)
+        if key in parts:
+            return None
+        parts[key] = value
     return parts
 
 
@@ -128,9 +141,18 @@ def paper_label(defense: str) -> str:
         value, _, notes = parts["jr"].partition("(")
         extra = "".join(f" ({n.rstrip(')')})" for n in ("(" + notes).split("(") if n) if notes else ""
         words.append(f"JR λ={_number(value)}" + extra.replace("(pixel)", "(pixel units)"))
+    if "igr" in parts:
+        value, _, notes = parts["igr"].partition("(")
+        words.append(f"IGR λ={_number(value)}" + (" (pixel units)" if "pixel" in notes else ""))
     if "adv" in parts:
         method, _, eps = parts["adv"].partition("@")
         words.append(f"{method.upper()}-AT ε={_number(eps)}" if eps else f"{method.upper()}-AT")
+    if "pgd-at" in parts:
+        eps, _, steps = parts["pgd-at"].partition("(k=")
+        words.append(f"PGD-AT ε={_number(eps)}" + (f" ({steps.rstrip(')')} steps)" if steps else ""))
+    if "trades" in parts:
+        beta, _, eps = parts["trades"].partition("@")
+        words.append(f"TRADES β={_number(beta)} ε={_number(eps)}")
     return " + ".join(words)
 
 

@@ -29,6 +29,11 @@ ADV_EPS = 0.1
 L2, DROPOUT, JR = {"l2": 5e-4}, {"dropout": 0.5}, {"jr": 0.01}
 BASE = {**L2, **DROPOUT}
 FGSM = {"adv_train": "fgsm"}  # adv_eps comes from ReproduceConfig.adv_eps
+# The modern baselines (beyond the paper), at the same eps as FGSM training: PGD adversarial training
+# (Madry: the adversarial batch alone, PGD-10 from a random start), TRADES with the authors' beta = 6,
+# and input-gradient regularization with lambda 1 in normalized units (not tuned; JR's own lambda is the
+# paper's 0.01, whose penalty is on the whole Jacobian, C times more terms).
+PGD_AT, TRADES, IGR = {"adv_train": "pgd", "adv_steps": 10}, {"adv_train": "trades", "adv_steps": 10, "trades_beta": 6.0}, {"igr": 1.0}
 TIMINGS_FILE = "timings.json"
 CLAIMS_FILES = ("claims.md", "claims.csv")
 DEFENSES: dict[str, dict] = {
@@ -47,6 +52,11 @@ DEFENSES: dict[str, dict] = {
     "l2+dropout": BASE,
     "adv": FGSM,
     "jr+adv": {**JR, **FGSM},
+    # the modern baselines (issue 15): not in the default grid
+    "pgd-at": PGD_AT,
+    "trades": TRADES,
+    "igr": IGR,
+    "jr+pgd-at": {**JR, **PGD_AT},
 }
 PAPER_DEFENSES = ("none", "l2", "dropout", "jr", "all", "base", "base+adv", "base+jr", "base+jr+adv")
 # Table 1's "all combined" (L2 + dropout + JR) is Figure 3's base+jr: one model serves both names.

@@ -68,8 +68,8 @@ def prepare_run_dir(config, out_dir: Path, *, resume: bool, force: bool):
         return 0, None, True
     saved = meta["config"]
     mine = dataclasses.asdict(config)
-    # Without a penalty its units change nothing: a plain run resumes whichever units are asked for.
-    ignored = RUNTIME_OPTIONS + (("jr_units",) if mine["jr"] == 0 and not saved.get("jr") else ())
+    # Without a penalty (JR or IGR) its units change nothing: a plain run resumes whichever units are asked for.
+    ignored = RUNTIME_OPTIONS + (("jr_units",) if not (mine["jr"] or mine.get("igr") or saved.get("jr") or saved.get("igr")) else ())
     changed = [k for k in mine if k not in ignored and saved.get(k) != mine[k]]
     if changed:
         raise RobenchError(f"--resume with different settings ({', '.join(changed)}) than {out_dir}; use --force to start over")

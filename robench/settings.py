@@ -17,7 +17,7 @@ from .errors import RobenchError
 
 REPORT_FORMATS = ("md", "html")
 
-ADV_TRAIN_METHODS = ("fgsm",)
+ADV_TRAIN_METHODS = ("fgsm", "pgd", "trades")
 JR_UNITS = ("normalized", "pixel")
 SCHEDULES = ("quench", "constant")
 
@@ -30,6 +30,15 @@ class TrainConfig:
     and 2/3 of training, Xavier init) except the number of epochs (the paper's 250 is for GPUs).
     `l2` is SGD weight decay: it adds l2 * w to the gradient, i.e. (l2 / 2) * ||w||^2 to the loss.
     `adv_train="fgsm"` trains on 0.5 * CE(clean) + 0.5 * CE(FGSM at adv_eps) (Goodfellow et al.).
+    `adv_train="pgd"` is Madry et al.'s adversarial training: PGD-`adv_steps` from a uniform random
+    start in the eps-ball, step 2.5 * adv_eps / adv_steps, projected onto the ball and the [0, 1] box;
+    it trains on the adversarial batch alone (`adv_mix`, the clean share of the loss, defaults to 0;
+    for FGSM to 0.5). `adv_train="trades"` is Zhang et al.'s TRADES: CE(f(x), y) + trades_beta *
+    KL(f(x) || f(x_adv)), x_adv maximizing the KL by `adv_steps` steps of 2.5 * adv_eps / adv_steps
+    from x + 0.001 * N(0, 1), as the authors' code does. Adversarial examples are made with the model
+    in eval mode (no dropout noise in the attack's gradient) and without touching parameter gradients.
+    `igr` is input-gradient regularization (double backpropagation): igr * mean_i ||d CE_i / d x_i||^2,
+    in `jr_units` like JR.
     `jr_units` says which Jacobian `jr` penalizes: "normalized" (the paper's: d logits / d normalized
     input, so `jr=0.01` is the paper's lambda_JR) or "pixel" (d logits / d pixel in [0, 1]; on MNIST
     the same penalty as normalized units with jr / 0.3081^2). A run saved without it was pixel.
@@ -49,6 +58,10 @@ class TrainConfig:
     dropout: float = 0.0
     adv_train: str | None = None
     adv_eps: float = 0.0
+    adv_steps: int = 10
+    adv_mix: float | None = None
+    trades_beta: float = 6.0
+    igr: float = 0.0
     epochs: int = 10
     batch_size: int = 100
     lr: float = 0.1
@@ -82,6 +95,11 @@ class TrainConfig:
         check_finite("--momentum", self.momentum)
         check_finite("--adv-eps", self.adv_eps, low=0, high=1)
         check_finite("--warmup-epochs", self.warmup_epochs, low=0)
+        check_finite("--igr", self.igr, low=0)
+        check_finite("--trades-beta", self.trades_beta, low=0)
+        check_count("--adv-steps", self.adv_steps, allow_none=False)
+        if self.adv_mix is not None:
+            check_finite("--adv-mix", self.adv_mix, low=0, high=1)
         check_seed("--seed", self.seed)
         check_count("--nproj", self.nproj, allow_none=False)
         check_count("--epochs", self.epochs, allow_none=False)
@@ -99,8 +117,8 @@ class TrainConfig:
             (self.adv_train is None or self.adv_eps > 0, "--adv-train needs --adv-eps > 0"),
             (isinstance(self.model, str) and self.model in MODELS,
              f"unknown model {self.model!r}; choose from {', '.join(MODELS)}"),
-            (not (self.compile and self.jr > 0), "--compile cannot be combined with --jr: torch.compile does not "
-             "support the double backward the Jacobian penalty needs (aot_autograd); drop --compile"),
+            (not (self.compile and (self.jr > 0 or self.igr > 0)), "--compile cannot be combined with --jr or --igr: "
+             "torch.compile does not support the double backward these penalties need (aot_autograd); drop --compile"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -114,8 +132,14 @@ class TrainConfig:
     def defense(self) -> str:
         """A readable summary of the defenses, e.g. 'jr=0.01+l2=0.0005', or 'none'."""
         parts = []
-        if self.adv_train:
+        if self.adv_train == "pgd":
+            parts.append(f"pgd-at@{self.adv_eps:g}" + (f"(k={self.adv_steps})" if self.adv_steps != 10 else ""))
+        elif self.adv_train == "trades":
+            parts.append(f"trades({self.trades_beta:g})@{self.adv_eps:g}")
+        elif self.adv_train:
             parts.append(f"adv={self.adv_train}@{self.adv_eps:g}")
+        if self.igr > 0:
+            parts.append(f"igr={self.igr:g}" + ("(pixel)" if self.jr_units == "pixel" else ""))
         if self.jr > 0:  # normalized units are the paper's lambda and need no mark
             parts.append(f"jr={self.jr:g}" + ("(pixel)" if self.jr_units == "pixel" else "")
                          + ("(exact)" if self.exact else ""))

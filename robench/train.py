@@ -22,6 +22,7 @@ from torch import nn
 from . import checkpoint, distributed, rundir
 from .rundir import LOG_COLUMNS, RUNTIME_OPTIONS  # noqa: F401 - part of this module's public names
 from .data import load_dataset, to_unit_float
+from .defenses import input_gradient_sq, pgd_examples, trades_examples, trades_loss
 from .devices import configure_tf32
 from .errors import RobenchError
 from .metrics import clean_accuracy, mean_jacobian_norm
@@ -257,9 +258,21 @@ def _stop_if_diverged(first_bad: torch.Tensor, world: distributed.World, epoch: 
 
 
 def jacobian_input_scale(config: TrainConfig, model: nn.Module) -> torch.Tensor | None:
-    """What the penalty multiplies d logits / d pixel by: the model's input std for normalized units
-    (the paper's), nothing for pixel units."""
-    return unit_scale(model, config.jr_units) if config.jr > 0 else None
+    """What the JR and IGR penalties multiply d / d pixel by: the model's input std for normalized
+    units (the paper's), nothing for pixel units."""
+    return unit_scale(model, config.jr_units) if config.jr > 0 or config.igr > 0 else None
+
+
+def _adversarial_batch(config: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor | None:  # fmt: skip
+    """The batch's training-time adversarial examples (FGSM, PGD or TRADES's), or None."""
+    if config.adv_train == "fgsm":
+        return fgsm_examples(model, x, y, config.adv_eps)
+    if config.adv_train == "pgd":
+        return pgd_examples(model, x, y, config.adv_eps, config.adv_steps, generator=generator)
+    if config.adv_train == "trades":
+        return trades_examples(model, x, config.adv_eps, config.adv_steps, generator=generator)
+    return None
 
 
 def _train_step(config, net, optimizer, jr, proj_gen, data, idx, lr, weight, sums):
@@ -268,20 +281,32 @@ def _train_step(config, net, optimizer, jr, proj_gen, data, idx, lr, weight, sum
     for group in optimizer.param_groups:
         group["lr"] = lr
     x, y = to_unit_float(data["train_x"][idx]), data["train_y"][idx]
-    # FGSM examples come from the bare module: no gradient sync is wanted for them.
-    x_adv = fgsm_examples(getattr(net, "module", net), x, y, config.adv_eps) if config.adv_train else None
-    jr_term = None
+    # Training-time attacks run on the bare module: no gradient sync is wanted for them.
+    x_adv = _adversarial_batch(config, getattr(net, "module", net), x, y, proj_gen)
+    jr_term = igr_term = None
     if config.jr > 0:  # logits and the Jacobian of that very forward (same dropout mask)
         n_proj = None if config.exact else config.nproj
         logits, sq_norms = logits_and_frobenius_sq(net, x, n_proj=n_proj, generator=proj_gen, method=jr[0],
                                                    input_scale=jr[1])
         jr_term = 0.5 * sq_norms.mean()
-    else:
+    if config.igr > 0:  # double backpropagation, from its own forward when JR took the first
+        igr_logits, grad_sq = input_gradient_sq(net, x, y, input_scale=jr[1])
+        igr_term = grad_sq.mean()
+        logits = igr_logits if jr_term is None else logits
+    if jr_term is None and igr_term is None:
         logits = net(x)
     ce = F.cross_entropy(logits, y)
-    loss = ce if x_adv is None else 0.5 * ce + 0.5 * F.cross_entropy(net(x_adv), y)
+    if config.adv_train == "trades":
+        loss = trades_loss(logits, net(x_adv), y, config.trades_beta)
+    elif x_adv is not None:
+        mix = config.adv_mix if config.adv_mix is not None else (0.5 if config.adv_train == "fgsm" else 0.0)
+        loss = mix * ce + (1 - mix) * F.cross_entropy(net(x_adv), y) if mix > 0 else F.cross_entropy(net(x_adv), y)
+    else:
+        loss = ce
     if jr_term is not None:
         loss = loss + config.jr * jr_term
+    if igr_term is not None:
+        loss = loss + config.igr * igr_term
     if weight != 1.0:
         loss = loss * weight
     optimizer.zero_grad(set_to_none=True)

@@ -72,6 +72,9 @@ def test_defense_grid_is_the_papers():
     assert configs["none-s0"].warmup_epochs == 0  # the full recipe is the paper's: no warm-up
     assert ReproduceConfig().seeds == (0, 1, 2, 3, 4)
     assert ReproduceConfig(seeds=3).seeds == (0, 1, 2)  # the old form: a count
+    from robench.cli import _parse_seeds
+
+    assert _parse_seeds("3") == 3 and _parse_seeds("0") == (0,) and _parse_seeds("2,4") == (2, 4)  # "0": seed 0
     assert ReproduceConfig(adv_eps=0.2).train_configs()["base+adv-s0"].adv_eps == 0.2
     # the earlier grid's names still work
     old = ReproduceConfig(defenses=("l2+dropout", "adv", "jr+adv"), seeds=1).train_configs()
@@ -81,7 +84,7 @@ def test_defense_grid_is_the_papers():
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "0,x"], "--seeds takes integers"),
     (["--seeds", "1,1"], "each once"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--seeds", "-1"], "--seeds takes integers"),
     (["--adv-eps", "-1"], "--adv-eps must be >= 0"),
     (["--warmup-epochs", "500"], "--warmup-epochs must be in"),
     (["--eps", "pgd"], "--eps takes NAME=LIST"),
