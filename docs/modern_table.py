@@ -33,7 +33,10 @@ def main() -> None:
         model_rows = rows[rows["model"].str.endswith(f"runs/{name}")]
         cells = []
         for attack, eps in POINTS:
-            hit = model_rows[(model_rows["attack"] == attack) & ((model_rows["epsilon"] - eps).abs() < 1e-9)]
+            # one attack of a norm has no worst-case row of its own: then the attack is the worst case
+            single = {"worst_case_linf": "pgd", "worst_case_l2": "pgd-l2"}[attack]
+            name_ = attack if (model_rows["attack"] == attack).any() else single
+            hit = model_rows[(model_rows["attack"] == name_) & ((model_rows["epsilon"] - eps).abs() < 1e-9)]
             if len(hit):
                 r = hit.iloc[-1]
                 cells.append(f"{100 * r['accuracy']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]")
