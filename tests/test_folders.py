@@ -223,8 +223,6 @@ def _eval_resnet18(imagenet, tmp_path, num_classes, *args):
     """`robench eval` of a torchvision resnet18 with `num_classes` outputs on the 3-class folder."""
     from click.testing import CliRunner
 
-    from click.testing import CliRunner
-
     from robench.cli import cli
 
     root, _ = imagenet
