@@ -27,6 +27,46 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class GeneratorDropout(nn.Dropout):
+    """nn.Dropout whose masks can come from an explicit generator, or be given whole.
+
+    Why: a training run's dropout masks used to come from the global RNG, in an order that a group
+    of models trained side by side (robench.side_by_side) cannot reproduce. With `generator` set
+    (the training loop sets it) each mask is `bernoulli(1 - p)` drawn from that generator, scaled by
+    1 / (1 - p); with `mask` set (a buffer, so torch.func.functional_call can supply it) that tensor
+    is the scaled mask itself. Neither set: plain nn.Dropout. Eval mode is the identity, as always.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+        self.generator: torch.Generator | None = None
+        self.register_buffer("mask", None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        if self.mask is not None:
+            return x * self.mask
+        if self.p == 0:
+            return x
+        if self.generator is None:
+            return super().forward(x)
+        return x * dropout_mask(x.shape, self.p, self.generator, x.device, x.dtype)
+
+
+def dropout_mask(shape, p: float, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
+    """keep / (1 - p) with keep ~ bernoulli(1 - p) from `generator`: the one way robench draws masks."""
+    keep = torch.empty(shape, device=device, dtype=dtype).bernoulli_(1 - p, generator=generator)
+    return keep / (1 - p)
+
+
+def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    """Make every GeneratorDropout of `model` draw its masks from `generator` (None: the global RNG)."""
+    for module in model.modules():
+        if isinstance(module, GeneratorDropout):
+            module.generator = generator
+
+
 def _lenet(info: DatasetInfo, dropout: float) -> nn.Module:
     """The paper's LeNet' as PAPER.md reads it: conv32-pool-conv64-pool-fc1024-(dropout)-fc."""
     side = info.size // 4
@@ -34,7 +74,7 @@ def _lenet(info: DatasetInfo, dropout: float) -> nn.Module:
         nn.Conv2d(info.channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * side * side, 1024), nn.ReLU(),
-        nn.Dropout(dropout), nn.Linear(1024, info.num_classes),
+        GeneratorDropout(dropout), nn.Linear(1024, info.num_classes),
     )  # fmt: skip
 
 
@@ -44,8 +84,8 @@ def _lenet5(info: DatasetInfo, dropout: float) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(info.channels, 6, 5, padding=2), nn.Tanh(), nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5), nn.Tanh(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * side * side, 120), nn.Tanh(), nn.Dropout(dropout),
-        nn.Linear(120, 84), nn.Tanh(), nn.Dropout(dropout), nn.Linear(84, info.num_classes),
+        nn.Flatten(), nn.Linear(16 * side * side, 120), nn.Tanh(), GeneratorDropout(dropout),
+        nn.Linear(120, 84), nn.Tanh(), GeneratorDropout(dropout), nn.Linear(84, info.num_classes),
     )  # fmt: skip
 
 
@@ -53,8 +93,8 @@ def _mlp(info: DatasetInfo, dropout: float) -> nn.Module:
     """The reference code's example network: 784-200-200-10 with ReLU."""
     inputs = info.channels * info.size * info.size
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(inputs, 200), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(200, 200), nn.ReLU(), nn.Dropout(dropout), nn.Linear(200, info.num_classes),
+        nn.Flatten(), nn.Linear(inputs, 200), nn.ReLU(), GeneratorDropout(dropout),
+        nn.Linear(200, 200), nn.ReLU(), GeneratorDropout(dropout), nn.Linear(200, info.num_classes),
     )  # fmt: skip
 
 
@@ -65,7 +105,7 @@ def _resnet18(info: DatasetInfo, dropout: float) -> nn.Module:
     net = resnet18(num_classes=info.num_classes)
     net.conv1 = nn.Conv2d(info.channels, 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
-    net.fc = nn.Sequential(nn.Dropout(dropout), net.fc)
+    net.fc = nn.Sequential(GeneratorDropout(dropout), net.fc)
     return net
 
 

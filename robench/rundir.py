@@ -73,6 +73,12 @@ def prepare_run_dir(config, out_dir: Path, *, resume: bool, force: bool):
     changed = [k for k in mine if k not in ignored and saved.get(k) != mine[k]]
     if changed:
         raise RobenchError(f"--resume with different settings ({', '.join(changed)}) than {out_dir}; use --force to start over")
+    from .settings import TRAIN_RECIPE
+
+    recipe = meta.get("recipe", 1)
+    if recipe != TRAIN_RECIPE and meta["epochs_done"] < config.epochs:
+        raise RobenchError(f"{out_dir} was trained with training recipe {recipe} (see robench.settings.TRAIN_RECIPE) "
+                           f"and this robench trains recipe {TRAIN_RECIPE}, so it cannot continue it; use --force to start over")
     weights, epoch = checkpoint.read_weights(out_dir)
     # Weights are saved before meta.json, so a run killed in between has weights one epoch ahead.
     if not meta["epochs_done"] <= epoch <= meta["epochs_done"] + 1:
@@ -114,8 +120,11 @@ def save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
 def new_meta(config, model: nn.Module) -> dict[str, Any]:
     import torchvision
 
+    from .settings import TRAIN_RECIPE
+
     return {
         "robench_version": __version__,
+        "recipe": TRAIN_RECIPE,
         "config": dataclasses.asdict(config),
         "defense": config.defense,
         "num_parameters": sum(p.numel() for p in model.parameters()),

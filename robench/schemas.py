@@ -27,6 +27,7 @@ META_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "defense": ((str,), False),
     "epochs_done": ((int,), False),
     "finished": ((bool,), False),
+    "recipe": ((int,), False),
     "metrics": ((dict,), False),
     "train_seconds": (NUMBER, False),
     "robench_version": ((str,), False),

@@ -18,6 +18,11 @@ from .errors import RobenchError
 REPORT_FORMATS = ("md", "html")
 
 ADV_TRAIN_METHODS = ("fgsm", "pgd", "trades")
+# What a run's random streams and training-time attacks are, recorded as meta.json's "recipe" (absent: 1).
+# 1: dropout masks from the global RNG, FGSM training examples made in train mode (dropout on).
+# 2: dropout masks from a per-(seed, epoch) generator, so a run trained side by side with others
+#    (robench.side_by_side) draws what it draws alone; FGSM examples made in eval mode, as documented.
+TRAIN_RECIPE = 2
 JR_UNITS = ("normalized", "pixel")
 SCHEDULES = ("quench", "constant")
 

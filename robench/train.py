@@ -22,12 +22,12 @@ from torch import nn
 from . import checkpoint, distributed, rundir
 from .rundir import LOG_COLUMNS, RUNTIME_OPTIONS  # noqa: F401 - part of this module's public names
 from .data import load_dataset, to_unit_float
-from .defenses import input_gradient_sq, pgd_examples, trades_examples, trades_loss
+from .defenses import eval_mode, input_gradient_sq, pgd_examples, trades_examples, trades_loss
 from .devices import configure_tf32
 from .errors import RobenchError
 from .metrics import clean_accuracy, mean_jacobian_norm
 from .jacobian import logits_and_frobenius_sq, unit_scale
-from .models import build_model, xavier_init_
+from .models import build_model, set_dropout_generator, xavier_init_
 from .progress import make_progress
 from .settings import ADV_TRAIN_METHODS, JR_UNITS, SCHEDULES, TrainConfig  # noqa: F401 - public here too
 from .untrusted import for_console
@@ -51,9 +51,12 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
 
 
 def fgsm_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """FGSM examples for adversarial training, without touching the parameters' .grad."""
+    """FGSM examples for adversarial training, made with the model in eval mode (no dropout noise in
+    the attack's gradient, as PGD-AT and TRADES; its mode is restored) and without touching the
+    parameters' .grad. Before recipe 2 they were made in train mode, unlike the documented recipe."""
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
+    with eval_mode(model):
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
     return (x + eps * grad.sign()).clamp(0.0, 1.0).detach()
 
 
@@ -203,7 +206,8 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
     Every rank walks the same permutation, seeded by (seed, epoch), and trains on its contiguous
     chunk of each global batch (tensor_split), so each step covers exactly a single process's batch;
     a batch with fewer examples than ranks is skipped by all ranks alike. Dropout masks and JR
-    projections are seeded per (seed, epoch, rank); rank 0 draws what a single process draws.
+    projections come from two generators seeded per (seed, epoch, rank) (`epoch_generators`); rank 0
+    draws what a single process draws, and what robench.side_by_side draws for this run.
     Losses are summed on the device: no host sync per step, except for the progress bar's status.
     """
 
@@ -211,10 +215,9 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
     started = time.perf_counter()
     n_train = len(data["train_x"])
     steps_per_epoch = -(-n_train // config.batch_size)
-    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    rank_seed = config.seed * 100_003 + epoch + world.rank * 1_000_000_007
-    proj_gen = torch.Generator(device=device).manual_seed(rank_seed)
-    torch.manual_seed(rank_seed)  # dropout masks
+    order = epoch_order(config.seed, epoch, n_train)
+    proj_gen, drop_gen = epoch_generators(config.seed, epoch, device, rank=world.rank)
+    set_dropout_generator(getattr(net, "module", net), drop_gen)
     # torch.func's batched path would bypass DDP's gradient hooks: under torchrun, plain autograd.
     jr_method = "auto" if world.size == 1 else "autograd"
     jr_scale = jacobian_input_scale(config, getattr(net, "module", net))
@@ -245,6 +248,22 @@ def _run_epoch(config, net, optimizer, data, epoch, world, progress, task):
 
 
 CHECK_EVERY = 25  # steps between looks at the divergence flag (one host sync each)
+DROPOUT_STREAM = 1 << 52  # offset of the dropout generator's seed from the projections' (both < 2^63)
+
+
+def epoch_order(seed: int, epoch: int, n_train: int) -> torch.Tensor:
+    """The epoch's permutation of the training set (CPU generator seeded by (seed, epoch))."""
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def epoch_generators(seed: int, epoch: int, device: torch.device, *, rank: int = 0):
+    """(projections, dropout) generators of one run's epoch on `device`: the JR directions and the
+    PGD/TRADES starts come from the first, the dropout masks from the second (recipe 2; recipe 1
+    drew masks from the global RNG, which a side-by-side step cannot reproduce per model)."""
+    rank_seed = seed * 100_003 + epoch + rank * 1_000_000_007
+    projections = torch.Generator(device=device).manual_seed(rank_seed)
+    dropout = torch.Generator(device=device).manual_seed(rank_seed + DROPOUT_STREAM)
+    return projections, dropout
 
 
 def _stop_if_diverged(first_bad: torch.Tensor, world: distributed.World, epoch: int, steps: int) -> None:
