@@ -15,9 +15,14 @@ Measures (each per test image, averaged over the study's seeds, so seeds and ima
   hold when some member beats A.
 - ||J||_F: the ratio of the mean test norms (the paper's normalized units), with a paired bootstrap
   interval over images (scipy.stats.bootstrap, BCa).
-- clean accuracy: on the full test set the models were trained against, recomputed here per image;
-  "about 99%" reads as at least 98.5% (pooled Clopper-Pearson interval over seeds), "no loss" as a
-  paired difference of at least -0.5 points.
+- clean accuracy: per image, from the store's ε = 0 outcomes (at ε = 0 every attack's outcome is
+  clean correctness; of a model's ε = 0 rows the one on the most images counts: all 10,000 in the
+  paper's protocol, the first --n otherwise); only a model without them is recomputed from its
+  weights, on the full test set it was trained against. "About 99%" reads as at least 98.5% (pooled
+  Clopper-Pearson interval over seeds), "no loss" as a paired difference of at least -0.5 points.
+
+The model hashes that pick each run's rows come from the study's bundle.json when it has one (a
+study merged from slices holds no weights: robench/slices.py), else from the weights themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .errors import RobenchError
 
 
 CLAIMS_COLUMNS = ["claim_id", "claim", "source", "measure", "estimate", "ci_low", "ci_high", "threshold",
@@ -76,21 +83,33 @@ def _all_hold(verdicts: list[str]) -> str:
 
 
 class Evidence:
-    """The study's numbers, per defense name: model hashes per seed, per-image outcomes, clean predictions."""
+    """The study's numbers, per defense name: model hashes per seed, per-image outcomes, clean predictions.
+
+    A study with a bundle.json (merged from slices) names its models there, and runs it lacks are
+    left out (a defense without any is missing from the study); otherwise the weights are hashed.
+    """
 
     def __init__(self, config, out: Path, csv: Path):
+        from .bundle import run_hashes
         from .results import outcomes, read_results
         from .results.select import current_rows
         from .sources import file_hash
 
         self.config, self.out = config, out
         self.runs = {d: [config.run_name(d, s) for s in config.seeds] for d in config.defenses}
-        self.hashes = {d: [file_hash(out / "runs" / r / "model.safetensors") for r in runs]
-                       for d, runs in self.runs.items()}  # fmt: skip
+        known = run_hashes(out)
+        if known is None:
+            self.hashes = {d: [file_hash(out / "runs" / r / "model.safetensors") for r in runs]
+                           for d, runs in self.runs.items()}  # fmt: skip
+        else:
+            self.runs = {d: [r for r in runs if r in known] for d, runs in self.runs.items()}
+            self.runs = {d: runs for d, runs in self.runs.items() if runs}
+            self.hashes = {d: [known[r] for r in runs] for d, runs in self.runs.items()}
         self.rows = current_rows(read_results(csv))
         self.table = outcomes(csv)
         self._clean: dict[str, np.ndarray] = {}
         self._test_set = None
+        self.clean_sources: set[str] = set()  # where clean correctness came from, for the claims' measure
 
     def has(self, *defenses: str) -> list[str]:
         """The defenses of these the study lacks."""
@@ -137,20 +156,50 @@ class Evidence:
         return None
 
     def clean(self, defense: str) -> np.ndarray:
-        """Per seed and image of the test set the runs were trained against: clean correctness (seeds x images)."""
+        """Per seed and image: clean correctness (seeds x images), from the store's ε = 0 outcomes, else
+        recomputed from the weights; seeds measured on different numbers of images keep the first ones."""
         if defense not in self._clean:
-            from .data import load_dataset
-            from .metrics import predict
-            from .sources import from_run
-
-            runs = [from_run(self.out / "runs" / r) for r in self.runs[defense]]
-            if self._test_set is None:  # every run of a study is trained against the same test set
-                config = runs[0].meta["config"]
-                self._test_set = load_dataset("mnist", "test", root=config.get("data_root"),
-                                              subset=config.get("test_subset"))  # fmt: skip
-            x, y = self._test_set
-            self._clean[defense] = np.stack([(predict(r.model.eval(), x) == y).numpy().astype(float) for r in runs])
+            per_seed = [self.stored_clean(h) for h in self.hashes[defense]]
+            per_seed = [v if v is not None else self.weights_clean(r) for v, r in zip(per_seed, self.runs[defense])]
+            n = min(len(v) for v in per_seed)
+            self._clean[defense] = np.stack([v[:n] for v in per_seed])
         return self._clean[defense]
+
+    def stored_clean(self, model_hash: str) -> np.ndarray | None:
+        """Clean correctness per image from the store: at ε = 0 an attack's outcome is exactly clean
+        correctness (robench.attacks.fixed_eps_accuracy; the jacobian_norm rows record it too). Of the
+        model's current ε = 0 rows the one on the most images counts (ties: by attack name)."""
+        from .results import WORST_CASE
+        from .results.select import is_cascade_step
+
+        rows = self.rows[(self.rows["model_hash"] == model_hash) & (self.rows["epsilon"] == 0)
+                         & (self.rows["attack"] != WORST_CASE) & ~self.rows["attack"].map(is_cascade_step)]  # fmt: skip
+        for row in rows.sort_values(["n", "attack"], ascending=[False, True]).to_dict("records"):
+            sub = self.table[(self.table["model_hash"] == model_hash) & (self.table["attack"] == row["attack"])
+                             & (self.table["spec_hash"] == row["spec_hash"]) & (self.table["n"] == row["n"])
+                             & (self.table["seed"] == row["seed"]) & (self.table["epsilon"] == 0)]  # fmt: skip
+            if len(sub) == row["n"]:
+                self.clean_sources.add(f"the first {int(row['n']):,} test images, the store's ε = 0 outcomes")
+                return sub.sort_values("example")["robust"].to_numpy(float)
+        return None
+
+    def weights_clean(self, run: str) -> np.ndarray:
+        """Clean correctness per image of the full test set the run was trained against, from its weights."""
+        from .checkpoint import MODEL_FILE
+        from .data import load_dataset
+        from .metrics import predict
+        from .sources import from_run
+
+        if not (self.out / "runs" / run / MODEL_FILE).is_file():
+            raise RobenchError(f"run {run} has no ε = 0 outcomes in the store and no weights to recompute them from")
+        source = from_run(self.out / "runs" / run)
+        if self._test_set is None:  # every run of a study is trained against the same test set
+            config = source.meta["config"]
+            self._test_set = load_dataset("mnist", "test", root=config.get("data_root"),
+                                          subset=config.get("test_subset"))  # fmt: skip
+        x, y = self._test_set
+        self.clean_sources.add("the full test set, recomputed from the weights")
+        return (predict(source.model.eval(), x) == y).numpy().astype(float)
 
 
 def _beats(evidence: Evidence, a: str, others: list[str], attack: str, norm: str, what: str) -> dict[str, Any]:
@@ -244,8 +293,11 @@ def _jacobian_claim(evidence: Evidence) -> list[Claim]:
         ratio.verdict = _verdict(low, high, JACOBIAN_FACTOR)
         ratio.evidence = f"mean ||J||_F none {none.mean():.2f}, jr {jr.mean():.2f} ({units} units, n={n})"
     clean_none, clean_jr = evidence.clean("none").mean(axis=0), evidence.clean("jr").mean(axis=0)
+    n = min(len(clean_none), len(clean_jr))
+    clean_none, clean_jr = clean_none[:n], clean_jr[:n]
     diff = paired_difference(clean_jr, clean_none)
-    loss.measure = "paired difference in clean test accuracy (full test set), threshold -0.5 points"
+    where = "; ".join(sorted(evidence.clean_sources))
+    loss.measure = f"paired difference in clean test accuracy ({where}), threshold -0.5 points"
     loss.estimate, loss.ci_low, loss.ci_high, loss.threshold = diff.difference, diff.low, diff.high, NO_LOSS
     loss.n, loss.verdict = len(clean_jr), _verdict(diff.low, diff.high, NO_LOSS)
     loss.evidence = f"clean accuracy jr {clean_jr.mean():.4f}, none {clean_none.mean():.4f}"
@@ -259,7 +311,7 @@ def _clean_claim(evidence: Evidence) -> Claim:
     claim = Claim("2", "every defense keeps about 99% clean accuracy (at least 98.5%)", "paper, Table 1",
                   seeds=len(evidence.config.seeds), threshold=ABOUT_99)  # fmt: skip
     found = []
-    for defense in evidence.config.defenses:
+    for defense in (d for d in evidence.config.defenses if d in evidence.hashes):
         correct = evidence.clean(defense)
         low, high = proportion_ci(float(correct.mean()), int(correct.size))
         found.append((defense, float(correct.mean()), low, high, correct.shape[1]))

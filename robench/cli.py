@@ -149,6 +149,92 @@ def train(out_dir: str, resume: bool, force: bool, quiet: bool, **options) -> No
     )
 
 
+@cli.command(name="train-many")
+@click.option("--vary", "vary", multiple=True, metavar="KEY=V1,V2,...",
+              help="A training setting and its values (repeatable; the grid is every combination), e.g. "
+                   "--vary jr=0,0.01 --vary dropout=0,0.5. KEY is a `robench train` option name (jr, l2, dropout, "
+                   "adv_eps, adv_train, ...); adv_train=none means no adversarial training.")
+@click.option("--seeds", "seeds_text", default="0", show_default=True, help="Seeds: 0,1,2 or a count N (0..N-1).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of run directories, one per member: <defense>-s<seed>.")
+@click.option("--save-every", type=float, default=60.0, show_default=True,
+              help="Seconds between checkpoints (0: every epoch); log rows are kept for every epoch.")
+@click.option("--group-size", type=int, default=None, help="At most this many models side by side.")
+@click.option("--one-group", is_flag=True, help="Put JR, FGSM-trained and plain models in one group (default: apart).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_many_command(vary: tuple[str, ...], seeds_text: str, out_dir: str, save_every: float,
+                       group_size: int | None, one_group: bool, quiet: bool, **options) -> None:
+    """Train a grid of models side by side on one device (one stacked network per group).
+
+    Each member writes its own ordinary run directory under --out, resumable by `robench train
+    --resume` or by this command again, with the weights that `robench train` gives the same
+    settings alone (to float rounding). PGD-AT, TRADES, IGR, exact JR and BatchNorm models train
+    one after another.
+    """
+    import itertools
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .side_by_side import train_many
+
+    if group_size is not None and group_size < 1:
+        raise RobenchError(f"--group-size must be >= 1, got {group_size}")
+    if not save_every >= 0:
+        raise RobenchError(f"--save-every must be >= 0 seconds, got {save_every}")
+    options["jr_units"] = options["jr_units"] or DEFAULTS.jr_units
+    base = TrainConfig(**options)
+    axes = [_parse_vary(item) for item in vary]
+    seeds = _parse_seeds(seeds_text)
+    seeds = tuple(range(seeds)) if isinstance(seeds, int) else seeds
+    runs = {}
+    for values in itertools.product(*[[(key, v) for v in vs] for key, vs in axes]):
+        for seed in seeds:
+            config = replace(base, seed=seed, **dict(values)).validate()
+            runs.setdefault(f"{config.defense}-s{seed}", config)
+    jobs = train_many([(c, Path(out_dir) / name) for name, c in runs.items()], show_progress=not quiet,
+                      split_programs=not one_group, group_size=group_size, save_every=save_every)  # fmt: skip
+    failed = 0
+    for job in jobs:
+        if isinstance(job.result, dict):
+            metrics = job.result.get("metrics", {})
+            click.echo(f"{job.out_dir}: test accuracy {metrics.get('test_accuracy', float('nan')):.4f}, mean test "
+                       f"||J||_F {metrics.get('test_jacobian_norm_normalized', float('nan')):.3f} (normalized units)")
+        else:
+            failed += 1
+            click.echo(f"{job.out_dir}: {job.result}", err=True)
+    if failed:
+        raise RobenchError(f"{failed} of {len(jobs)} runs did not finish (see above); the others are saved")
+
+
+_VARY_KEYS = ("jr", "jr_units", "nproj", "l2", "dropout", "adv_train", "adv_eps", "adv_steps", "adv_mix", "trades_beta", "igr")
+
+
+def _parse_vary(item: str) -> tuple[str, list]:
+    """'jr=0,0.01' -> ('jr', [0.0, 0.01]), typed like the TrainConfig field."""
+    key, sep, text = item.partition("=")
+    key = key.strip().lstrip("-").replace("-", "_")
+    if not sep or key not in _VARY_KEYS or not text:
+        raise RobenchError(f"--vary {item!r}: write KEY=V1,V2 with KEY one of {', '.join(_VARY_KEYS)}")
+    values = []
+    for word in text.split(","):
+        word = word.strip()
+        try:
+            if key in ("adv_train", "jr_units"):
+                values.append(None if word == "none" else word)
+            elif key in ("nproj", "adv_steps"):
+                values.append(int(word))
+            else:
+                values.append(float(word))
+        except ValueError:
+            raise RobenchError(f"--vary {key}: {word!r} is not a valid value") from None
+    return key, values
+
+
+for _param in train.params:  # train-many takes every `robench train` option but --seed, --out and the run modes
+    if _param.name not in ("seed", "out_dir", "resume", "force", "quiet"):
+        train_many_command.params.append(_param)
+
+
 def _saved_jr_units(out_dir: str) -> str:
     """The units of the run being resumed (pixel for a run from before units were named), or the
     default when there is no run there yet."""
@@ -422,6 +508,29 @@ def reproduce_mnist_command(quick: bool, out: str, fmt: str, device: str, eps_gr
     for table in summary_tables(report.summary):
         print_table(Console(), table)
     click.echo(f"report in {out}/report; claims in {out}/claims.md")
+
+
+@reproduce.command(name="merge")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Merged study directory: new, empty, or an earlier merge (replaced; it may be one of the BUNDLES).")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", help="Report format.")
+def reproduce_merge_command(bundles: tuple[str, ...], out: str, fmt: str) -> None:
+    """Merge study slices (bundles from robench.bundle.write_bundle, .tar.gz or extracted) into one study:
+    claims and report from the united results, and what of the paper's grid is still missing."""
+    from .bundle import merge_bundles
+    from .slices import study_summary
+
+    study = study_summary(merge_bundles(list(bundles), out, fmt=fmt))
+    click.echo(f"merged {len(bundles)} bundle(s) into {out}: {len(study['runs'])} runs, "
+               f"{len(study['defenses'])} defenses ({', '.join(study['defenses'])}), "
+               f"{len(study['seeds'])} seeds ({', '.join(map(str, study['seeds']))})")  # fmt: skip
+    click.echo(f"claims in {out}/claims.md; report in {out}/report")
+    if study["unfinished"]:
+        click.echo(f"unfinished runs (trained for fewer epochs than asked): {', '.join(study['unfinished'])}")
+    missing = "; ".join(f"{d} seeds {','.join(map(str, seeds))}" for d, seeds in study["missing"].items())
+    click.echo(f"still missing from the paper's grid (nine defenses x seeds 0-4): {missing}" if missing
+               else "the paper's grid (nine defenses x seeds 0-4) is complete")  # fmt: skip
 
 
 def _parse_seeds(text: str) -> tuple[int, ...] | int:

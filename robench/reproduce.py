@@ -152,11 +152,23 @@ QUICK = ReproduceConfig(
 )  # fmt: skip
 
 
-def reproduce_mnist(config: ReproduceConfig, out: str | Path, *, fmt: str = "md", show_progress: bool = True):
+def reproduce_mnist(config: ReproduceConfig, out: str | Path, *, fmt: str = "md", show_progress: bool = True,
+                    save_every: float = 0.0, deadline: float | None = None, split_programs: bool = True):
     """Train every defense x seed, evaluate all of them, write the report; skip finished work.
 
-    Each stage's wall time in this invocation goes to <out>/timings.json (a restart that finds
-    everything done records near-zero times), which `benchmarks/bench_suite.py` reports.
+    Training goes side by side (`robench.side_by_side.train_many`): runs that share the recipe's
+    schedule train as one stacked network per program (plain, JR, FGSM-trained), each still in
+    its own run directory. Each stage's wall time in this invocation goes to <out>/timings.json (a
+    restart that finds everything done records near-zero times), which `benchmarks/bench_suite.py`
+    reports.
+
+    Args:
+        save_every: seconds between training checkpoints (0: every epoch).
+        deadline: time.monotonic() by which training must stop (a GPU slice's budget): the last
+            runs of a group that would overrun are shed, saved and resumable; only finished runs
+            are evaluated.
+        split_programs: see `train_many`.
+
     Returns the report (summary table and files written).
     """
     from .attacks.suites import resolve
@@ -166,7 +178,8 @@ def reproduce_mnist(config: ReproduceConfig, out: str | Path, *, fmt: str = "md"
     runs = config.train_configs()
     specs = resolve(config.attacks)
     with exclusive(out):  # one study per directory at a time
-        return _run_study(config, out, runs, specs, fmt, show_progress)
+        return _run_study(config, out, runs, specs, fmt, show_progress,
+                          dict(save_every=save_every, deadline=deadline, split_programs=split_programs))
 
 
 def check_attack_names(config: ReproduceConfig, names: list[str]) -> None:
@@ -180,21 +193,37 @@ def check_attack_names(config: ReproduceConfig, names: list[str]) -> None:
                                f"{', '.join(sorted(running))}")  # fmt: skip
 
 
-def _run_study(config: ReproduceConfig, out: Path, runs: dict, specs: list, fmt: str, show_progress: bool):
+def _run_study(config: ReproduceConfig, out: Path, runs: dict, specs: list, fmt: str, show_progress: bool,
+               training: dict | None = None):
     from .claims import study_claims, write_claims
     from .evaluate import EvalConfig, evaluate
     from .results import check_writable
     from .fileio import write_json_atomic
     from .report import write_report
+    from .side_by_side import train_many
     from .sources import from_run
-    from .train import train
 
     check_writable(out / "results.csv")
-    timings: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
+    timings: dict[str, dict[str, float]] = {"train": {}, "eval": {}, "groups": {}}
     started = time.perf_counter()
-    for name, train_config in runs.items():
-        with _timed(timings["train"], name):
-            train(train_config, out / "runs" / name, resume=True, show_progress=show_progress)
+    names = {out / "runs" / name: name for name in runs}
+
+    def record(group, seconds: float) -> None:  # each member's share of its group's wall time
+        timings["groups"][", ".join(names[j.out_dir] for j in group)] = seconds
+        for job in group:
+            timings["train"][names[job.out_dir]] = seconds / len(group)
+
+    # Seed-major order: when a deadline sheds a group's last members, whole seeds go, not defenses.
+    ordered = sorted(runs.items(), key=lambda item: item[1].seed)
+    jobs = train_many([(c, out / "runs" / name) for name, c in ordered], show_progress=show_progress,
+                      on_group_done=record, **(training or {}))  # fmt: skip
+    errors = [job.result for job in jobs if isinstance(job.result, RobenchError)]
+    unfinished = [names[job.out_dir] for job in jobs if not isinstance(job.result, dict)]
+    if errors:  # a failed run (divergence, a foreign directory) stops the study; the others are saved
+        raise errors[0]
+    if unfinished:
+        timings["unfinished"] = {name: 0.0 for name in unfinished}
+    runs = {name: c for name, c in runs.items() if name not in unfinished}
     sources = [from_run(out / "runs" / name) for name in runs]
     csv = out / "results.csv"
     for spec in specs:

@@ -96,17 +96,23 @@ def clear_run(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def save_epoch(out_dir, config, model, optimizer, meta, row) -> None:
-    """Optimizer, weights, log, then meta.json last: meta never claims an epoch not on disk."""
+def save_epoch(out_dir, config, model, optimizer, meta, row, *, pending=()) -> None:
+    """Optimizer, weights, log, then meta.json last: meta never claims an epoch not on disk.
+
+    `pending` are log rows of earlier epochs not yet written (side-by-side training saves the
+    weights every so many seconds, not every epoch, but logs every epoch); they go in before `row`.
+    """
     import pandas as pd
 
     epoch = row["epoch"]
+    rows = [*pending, row]
     checkpoint.save_optimizer(out_dir, optimizer, epoch)
     checkpoint.save_weights(out_dir, model, epoch)
     log_path = out_dir / checkpoint.LOG_FILE
     # The log of this run's earlier epochs (checked on resume); a first epoch starts a new one.
-    log = checkpoint.read_log(out_dir) if epoch > 1 and log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
-    log = pd.concat([log[log["epoch"] < epoch], pd.DataFrame([row])], ignore_index=True)
+    first = rows[0]["epoch"]
+    log = checkpoint.read_log(out_dir) if first > 1 and log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
+    log = pd.concat([log[log["epoch"] < first], pd.DataFrame(rows)], ignore_index=True)
     write_atomic(log_path, lambda p: log.to_csv(p, index=False))
     meta["epochs_done"] = epoch
     meta["finished"] = epoch == config.epochs

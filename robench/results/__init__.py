@@ -85,10 +85,15 @@ def check_writable(path: str | os.PathLike) -> Path:
     return csv
 
 
-def merge(paths: list[str | os.PathLike], out: str | os.PathLike) -> int:
+def merge(paths: list[str | os.PathLike], out: str | os.PathLike, *, models: dict[str, str] | None = None) -> int:
     """Combine the rows and outcomes of several stores (or CSVs) into `out`; returns the rows added.
 
-    Rows already in `out` are kept; worst cases and flags are recomputed per evaluation.
+    Rows already in `out` are kept (a row key found in several inputs counts once); worst cases and
+    flags are recomputed per evaluation.
+
+    Args:
+        models: {model_hash: path} to write in the `model` column of those models' rows: a merged
+            study names its own run directories, where the report finds each model's meta.json.
     """
     if not paths:
         raise RobenchError("name at least one results file to merge")
@@ -112,6 +117,8 @@ def merge(paths: list[str | os.PathLike], out: str | os.PathLike) -> int:
                 rows = [r for r in read_csv(csv).to_dict("records") if r["attack"] != WORST_CASE]
             clean = [{k: v for k, v in r.items() if k not in ("id", "derived", "outcomes", "ci_low", "ci_high")}
                      for r in rows]  # fmt: skip
+            for row in clean:
+                row["model"] = (models or {}).get(row["model_hash"], row["model"])
             added += target.add(clean, export=False)
         target.export()
     return added
