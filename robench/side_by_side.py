@@ -290,6 +290,8 @@ class GroupTrainer:
         left = self.deadline - time.monotonic()
         if per_epoch * remaining <= left:
             return False
+        if len(epoch_times) < 3 and left > per_epoch * 1.2:  # the first epochs carry warm-up: do not shed on them
+            return False
         keep = max(1, math.floor(len(self.jobs) * left / (per_epoch * remaining)))
         if keep < len(self.jobs) and per_epoch * remaining * keep / len(self.jobs) <= left * 1.5:
             self._save_all(lr)
