@@ -37,6 +37,19 @@ STUDY_STEPS = 150_000  # 250 epochs x 600 steps
 STUDY_MODELS = {"plain": 25, "jr": 15}  # 8 recipes x 5 seeds: none, l2, dropout, base, base+adv plain-ish; jr, base+jr, base+jr+adv
 
 
+def fastest(run, steps: int, rounds: int, device) -> float:
+    """Seconds of the fastest of `rounds` timed calls of run(steps), after 3 warm-up steps."""
+    run(3)
+    best = float("inf")
+    for _ in range(rounds):
+        sync(device)
+        start = time.perf_counter()
+        run(steps)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def single_rate(config, data, steps: int, rounds: int, device) -> float:
     """Model-steps per second of `robench train`'s step on one model."""
     from robench.data import to_unit_float  # noqa: F401
@@ -57,15 +70,7 @@ def single_rate(config, data, steps: int, rounds: int, device) -> float:
             idx = torch.arange(i * 100 % n, i * 100 % n + 100, device=device) % n
             _train_step(config, model, optimizer, ("autograd", scale), proj, data, idx, 0.01, 1.0, sums)
 
-    run(3)
-    best = float("inf")
-    for _ in range(rounds):
-        sync(device)
-        start = time.perf_counter()
-        run(steps)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return steps / best
+    return steps / fastest(run, steps, rounds, device)
 
 
 def stacked_rate(config, k: int, steps: int, rounds: int, device, work: Path) -> float:
@@ -88,15 +93,7 @@ def stacked_rate(config, k: int, steps: int, rounds: int, device, work: Path) ->
             idx = ((base + i * 100) % n).unsqueeze(0).expand(k, -1)
             trainer._step(idx, 0.01, sums, dropout_mask)
 
-    run(3)
-    best = float("inf")
-    for _ in range(rounds):
-        sync(device)
-        start = time.perf_counter()
-        run(steps)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return k * steps / best
+    return k * steps / fastest(run, steps, rounds, device)
 
 
 def profile(config, k: int, device, path: Path) -> None:

@@ -1,7 +1,7 @@
 """One slice of the paper's MNIST study on one GPU, written into $OUT as a self-contained bundle.
 
     python benchmarks/gpu/slice.py SLICE [--budget S] [--n N]     (run.sh does the set-up first)
-    python benchmarks/gpu/slice.py --dry-run                        (tiny, any device, < 1 min on CPU)
+    python benchmarks/gpu/slice.py --dry-run [--seeds 1]            (tiny, any device, < 1 min on CPU)
 
 A slice is a set of (defense, seed) units of `reproduce mnist` at the paper's recipe (250 epochs,
 batch 100, SGD momentum 0.9, lr 0.1 quenched at 1/3 and 2/3, Xavier init). Its units train side by
@@ -46,11 +46,11 @@ def device_facts() -> dict:
     return facts
 
 
-def slice_config(name: str, n: int, dry_run: bool):
+def slice_config(name: str, n: int, dry_run: bool, seeds: tuple[int, ...] = (0,)):
     from robench.reproduce import ReproduceConfig
 
-    if dry_run:
-        return ReproduceConfig(defenses=("none", "jr", "base+adv"), seeds=(0,), epochs=1, train_subset=300,
+    if dry_run:  # `seeds` makes two dry runs two different slices of one study (tests merge them)
+        return ReproduceConfig(defenses=("none", "jr", "base+adv"), seeds=seeds, epochs=1, train_subset=300,
                                warmup_epochs=1.0, n=20, attacks="noise,fgsm,pgd",
                                eps={"noise": (0.0, 8.0), "fgsm": (0.0, 0.1), "pgd": (0.0, 0.1)})  # fmt: skip
     defenses, seeds = SLICES[name]
@@ -87,9 +87,16 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=540.0, help="seconds from start to the bundle in $OUT")
     parser.add_argument("--n", type=int, default=1000, help="test images for noise, FGSM and PGD")
     parser.add_argument("--work", default="/tmp/robench-slices", help="where the study directories go")
+    parser.add_argument("--seeds", default="0", help="--dry-run only: its seeds, e.g. 1 or 0,1")
     args = parser.parse_args()
     if not args.dry_run and args.slice is None:
         parser.error("name a slice or pass --dry-run")
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: write seeds as 0 or 0,1")
+    if args.seeds != "0" and not args.dry_run:
+        parser.error("--seeds is for --dry-run; a slice's seeds are its own")
     import torch
 
     from robench.bundle import write_bundle
@@ -104,7 +111,7 @@ def main() -> int:
     out = Path(os.environ.get("OUT") or "gpu-out")
     out.mkdir(parents=True, exist_ok=True)
     study = Path(args.work) / name
-    config = slice_config(name, args.n, args.dry_run)
+    config = slice_config(name, args.n, args.dry_run, seeds)
     deadline = STARTED + args.budget - (5.0 if args.dry_run else EVAL_RESERVE)
     began = time.monotonic()
     finished = train_slice(config, study, deadline=None if args.dry_run else deadline, save_every=0.0 if args.dry_run else 120.0)
