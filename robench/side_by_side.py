@@ -265,7 +265,11 @@ class GroupTrainer:
             for epoch in range(start, epochs):
                 began = time.monotonic()
                 sums, lr = self._epoch(epoch)
-                rows = self._rows(epoch, sums, lr, time.monotonic() - began)
+                if not self.jobs:  # every member diverged in this epoch: nothing left to evaluate or save
+                    return
+                rows = self._rows(epoch, sums, lr)
+                for row in rows:  # each member's share of the group's epoch, evaluation included (as train's)
+                    row["seconds"] = (time.monotonic() - began) / len(rows)
                 for job, row in zip(self.jobs, rows):
                     job.pending.append(row)
                 epoch_times.append(time.monotonic() - began)
@@ -454,7 +458,7 @@ class GroupTrainer:
         return tensor[members].contiguous()
 
     # ---- evaluation and checkpoints -----------------------------------------------------------
-    def _rows(self, epoch: int, sums: torch.Tensor, lr: float, seconds: float) -> list[dict[str, Any]]:
+    def _rows(self, epoch: int, sums: torch.Tensor, lr: float) -> list[dict[str, Any]]:
         """Each member's log row (train._epoch_row's columns; `seconds` is its share of the group's epoch)."""
         from .stacked_eval import accuracy_and_norms
 
@@ -469,7 +473,7 @@ class GroupTrainer:
                 "epoch": epoch + 1, "supervised_loss": ce_sum / n_train,
                 "jr_term": jr_sum / n_train if job.config.jr > 0 else float("nan"),
                 "train_accuracy": correct / n_train, "test_accuracy": accuracy[k],
-                "test_jacobian_norm": pixel[k], "lr": lr, "seconds": seconds / len(self.jobs),
+                "test_jacobian_norm": pixel[k], "lr": lr, "seconds": float("nan"),
                 "jr_units": job.config.jr_units, "test_jacobian_norm_pixel": pixel[k],
                 "test_jacobian_norm_normalized": normalized[k],
             })  # fmt: skip
