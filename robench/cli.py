@@ -391,12 +391,17 @@ def attacks_command() -> None:
 @click.argument("model_b")
 @click.option("--attack", default=None, help="Only this attack (e.g. pgd, or worst_case); default: every one.")
 @click.option("--results", "results", multiple=True, type=click.Path(),
-              help="Results CSV or .db (repeatable); default results/mnist.csv.")
+              help="Results CSV or .db (repeatable; rows found in several count once); default results/mnist.csv.")
 def compare(model_a: str, model_b: str, attack: str | None, results: tuple[str, ...]) -> None:
-    """Compare two evaluated models on the same images: accuracy difference, 95% CI, McNemar p.
+    """Compare two evaluated models, or two defenses over their seeds, on the same images.
 
-    MODEL_A and MODEL_B are run directories as given to `robench eval`, their names, or a prefix
-    of their weights hash (the CSV's model_hash).
+    Each side is a run directory as given to `robench eval`, its name, or a prefix of its weights hash
+    (the CSV's model_hash); or the seeds of one defense: a comma-separated list of those
+    (runs/jr-s0,runs/jr-s1,runs/jr-s2) or defense:LABEL (every model with that defense column).
+    Two models: difference in accuracy, 95% interval over the images (Newcombe's method 10), exact
+    McNemar p; about those two models only. Groups: the interval over seeds and images (two-level
+    bootstrap), which needs 3 seeds per side. Rows compare only with the same attack spec, n,
+    evaluation seed and protocol; a mismatch is named in one line.
     """
     from rich.console import Console
     from rich.table import Table
@@ -404,18 +409,26 @@ def compare(model_a: str, model_b: str, attack: str | None, results: tuple[str, 
     from .results.compare import NORM_SYMBOL, describe
     from .results.compare_cli import compare_from_files
 
-    found, label_a, label_b = compare_from_files(list(results) or ["results/mnist.csv"], model_a, model_b, attack)
-    table = Table(title=f"{for_console(label_a)} vs {for_console(label_b)}: difference in accuracy (points), 95% CI, exact McNemar p")
-    for column in ("attack", "norm", "eps", "n", "A", "B", "A - B", "95% CI", "p", "A only", "B only"):
+    found, label_a, label_b, refused = compare_from_files(list(results) or ["results/mnist.csv"], model_a, model_b,
+                                                          attack)  # fmt: skip
+    groups = any(c["seeds_a"] > 1 or c["seeds_b"] > 1 for c in found)
+    how = found[0]["method"] if groups else "Newcombe's method 10 over the images, about these two models; exact McNemar p"
+    table = Table(title=f"{for_console(label_a)} vs {for_console(label_b)}: difference in accuracy (points), 95% CI")
+    columns = ["attack", "norm", "eps", "n", "A", "B", "A - B", "95% CI", "p"]
+    columns += ["seeds A", "seeds B"] if groups else ["A only", "B only"]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("attack", "norm") else "right")
     for c in found:
+        tail = [str(c["seeds_a"]), str(c["seeds_b"])] if groups else [str(c["a_only"]), str(c["b_only"])]
         table.add_row(for_console(c["attack"]), for_console(NORM_SYMBOL.get(c["norm"], c["norm"])), f"{c['epsilon']:g}", str(c["n"]),
                       f"{c['accuracy_a']:.3f}", f"{c['accuracy_b']:.3f}", f"{100 * c['difference']:+.1f}",
-                      f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]", f"{c['p_value']:.2g}",
-                      str(c["a_only"]), str(c["b_only"]))  # fmt: skip
+                      f"[{100 * c['low']:.1f}, {100 * c['high']:.1f}]", f"{c['p_value']:.2g}", *tail)  # fmt: skip
     from .tables import never_cut, print_table
 
     print_table(Console(), never_cut(table, keep_whole_from=2))
+    notes = sorted({c["seeds_note"] for c in found if c.get("seeds_note")})
+    for line in [f"95% CI: {how}", *notes, *refused]:
+        click.echo(for_console(line))
     for c in found:
         if c["attack"] == "worst_case" and c["epsilon"] > 0:
             click.echo(describe(c, label_a, label_b))
