@@ -235,45 +235,60 @@ def band_caption(curves: list[Curve], trimmed_at: float | None) -> str:
 
 
 class Comparison(NamedTuple):
-    """One defended model against an undefended one at one ε: `item` from `compare_models`, and
-    `line`, its sentence in markdown (labels escaped)."""
+    """One defended model (or defense over its seeds) against an undefended one at one ε: `item` from
+    `compare_groups` (None for a refusal), and `line`, its sentence in markdown (labels escaped)."""
 
     model: str
     defense: str
     baseline: str
-    item: dict
+    item: dict | None
     line: str
 
 
-def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame) -> list[Comparison]:
-    """"JR vs none" comparisons (`rows`: current rows, attack names as stored): every defended model against a `none` model evaluated on the same images
-    (same dataset, n, seed, protocol), on the worst-case rows at every ε > 0 (on every attack's rows
-    when no worst case exists). Needs per-example outcomes; rows without them are skipped."""
+def comparisons(paths: list[str | os.PathLike], rows: pd.DataFrame,
+                metas: dict[str, dict | None] | None = None) -> list[Comparison]:  # fmt: skip
+    """"JR vs none" comparisons (`rows`: current rows, attack names as stored): every defended band (models whose
+    training configs differ in the seed alone) against a `none` band of the same dataset, on the worst-case rows
+    at every ε > 0 (on every attack's rows when no worst case exists), under `compare`'s matching rule. Two
+    single models: the per-image interval, about those models; a band of seeds on either side: the
+    interval over seeds and images (`results.seeds`), which needs 3 seeds per side. Outcomes found in
+    several files count once. Needs per-example outcomes; rows without them are skipped."""
     from .results import outcomes
-    from .results.compare import compare_models, describe
+    from .results.compare import compare_groups, describe, refusals, unique_outcomes
 
-    per_path = []
+    frames = []
     for path in paths:
         try:
-            per_path.append(outcomes(path))
+            frames.append(outcomes(path))
         except RobenchError:
             continue
-    frames = [f for f in per_path if len(f)]
+    frames = [f for f in frames if len(f)]
     if not frames:
         return []
-    table = pd.concat(frames, ignore_index=True)
-    models = rows.drop_duplicates("model_hash")
-    baselines = models[models["defense"] == "none"]
+    table = unique_outcomes(pd.concat(frames, ignore_index=True))
+    metas = metas if metas is not None else {m: provenance(m) for m in rows["model"].unique()}
+    models = _with_arch(rows.drop_duplicates("model_hash"), metas)
+    bands = [(dataset, arch, defense, list(g["model_hash"]), list(g["model"]))
+             for (dataset, arch, defense, _), g in models.groupby(["dataset", "_arch", "defense", "_band"], sort=False)]  # fmt: skip
     lines = []
-    for _, model in models[models["defense"] != "none"].iterrows():
-        for _, base in baselines[baselines["dataset"] == model["dataset"]].iterrows():
-            found = compare_models(rows, table, model["model_hash"], base["model_hash"])
+    for dataset, arch, defense, hashes, paths_ in (b for b in bands if b[2] != "none"):
+        label = defense + (f" ({len(hashes)} seeds)" if len(hashes) > 1 else "")
+        bases = sorted((b for b in bands if b[2] == "none" and b[0] == dataset), key=lambda b: b[1] != arch)
+        refused = []
+        for _, _, base_defense, base_hashes, base_paths in bases:
+            base_label = base_defense + (f" ({len(base_hashes)} seeds)" if len(base_hashes) > 1 else "")
+            found = compare_groups(rows, table, hashes, base_hashes)
             worst = [c for c in found if c["attack"] == "worst_case" and c["epsilon"] > 0]
             for item in worst or [c for c in found if c["epsilon"] > 0]:
-                line = describe(item, for_markdown(model["defense"]), for_markdown(base["defense"]))
-                lines.append(Comparison(model["model"], model["defense"], base["model"], item, line))
+                line = describe(item, for_markdown(label), for_markdown(base_label))
+                model = paths_[0] if len(hashes) == 1 else label
+                lines.append(Comparison(model, defense, base_paths[0] if len(base_hashes) == 1 else base_label, item, line))
             if found:
                 break
+            names = {h: Path(m).name or h[:8] for h, m in zip(hashes + base_hashes, paths_ + base_paths)}
+            refused += refusals(rows, hashes, base_hashes, names)
+        else:
+            lines += [Comparison(label, defense, "", None, for_markdown(r)) for r in refused[:1]]
     return lines
 
 
@@ -327,7 +342,7 @@ def _write_report(paths, df: pd.DataFrame, out: Path, fmt: str, formats: tuple[s
             files.append(inside(out, png_name(attack)[: -len(".png")] + "." + figure_format))
             save_figure(fig, files[-1], figure_format)
     context = dict(paths=paths, rows=rows, summary=summary, curves=curves, metas=metas,
-                   compared=comparisons(paths, current_rows(df)))
+                   compared=comparisons(paths, current_rows(df), metas))
     files.append(out / "report.md")
     write_text_atomic(files[-1], render_markdown(**context, images={a: png_name(a) for a in curves}))
     if fmt == "html":
@@ -396,11 +411,16 @@ def render_markdown(
     ]  # fmt: skip
     if compared:
         lines += ["## Did the defense help?", "",
-                  "Each defended model against the undefended one on the same test images: the difference in "
-                  "robust accuracy (worst case over attacks where one exists) in percentage points, with its 95% "
-                  "interval (paired t on the per-example outcomes); **bold** where the interval excludes 0.", ""]  # fmt: skip
-        lines += headline_table(compared, labels)
-        lines += ["### Each comparison, with the exact McNemar p-value", ""]
+                  "Each defended model against the undefended one on the same test images (same attack spec, n, "
+                  "evaluation seed and protocol): the difference in robust accuracy (worst case over attacks where "
+                  "one exists) in percentage points, with its 95% interval. Two single models: Newcombe's method 10 "
+                  "over the images, about those two models. Models that differ only in their training seed are "
+                  "compared as a defense: the interval over seeds and images (two-level bootstrap), which needs 3 "
+                  "seeds per side; with fewer, the interval is over images only and seed variation is not measured. "
+                  "**Bold** where the interval excludes 0 (never for a defense with fewer than 3 seeds).", ""]  # fmt: skip
+        measured = [c for c in compared if c.item is not None]
+        lines += headline_table(measured, labels) if measured else []
+        lines += ["### Each comparison, with its p-value", ""]
         lines += [f"- {c.line}" for c in compared] + [""]  # labels escaped in `comparisons`
     lines += [
         "## Summary", "",
@@ -439,7 +459,7 @@ def headline_table(compared: list[Comparison], labels: dict[str, str]) -> list[s
     cells: dict[tuple[str, str], dict[float, str]] = {}
     for c in compared:
         text = f"{100 * c.item['difference']:+.1f} [{100 * c.item['low']:.1f}, {100 * c.item['high']:.1f}]"
-        excludes_zero = c.item["low"] > 0 or c.item["high"] < 0
+        excludes_zero = (c.item["low"] > 0 or c.item["high"] < 0) and not c.item.get("seeds_note")
         cells.setdefault((c.model, c.baseline), {})[c.item["epsilon"]] = Bold(text) if excludes_zero else text
     defenses = {c.model: c.defense for c in compared}
     body = [[Code(labels.get(model, model)), paper_label(defenses[model]), Code(labels.get(base, base))]
