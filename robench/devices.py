@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from .errors import RobenchError
@@ -32,3 +35,24 @@ def configure_tf32(enabled: bool) -> None:
     """
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """TF32 off inside the block, each flag restored afterwards (also on errors).
+
+    For the numbers robench reports as measured rather than searched: the re-check of every
+    adversarial (its fresh prediction decides what counts as broken) and the exact ||J||_F rows. With
+    TF32 on they would change with the GPU (TF32 rounds matmul and convolution inputs to a 10-bit
+    mantissa on Ampere and newer, not on older GPUs or the CPU) and the row would not say so. Attacks
+    themselves keep the process's setting: TF32 only changes where their search goes, and whatever they
+    return is judged here in full fp32. No effect on the CPU.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
