@@ -39,7 +39,7 @@ from .attacks import (
 )
 from .attacks.suites import Suite, resolve
 from .data import load_dataset, to_unit_float
-from .devices import configure_tf32
+from .devices import configure_tf32, full_fp32
 from .errors import RobenchError
 from .untrusted import for_console
 from .jacobian import input_std, jacobian_norm
@@ -142,7 +142,8 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
         world.on_main(lambda: store.add(_clean_rows(model, x[:jn], y[:jn], {**base, "n": jn}, missing)))
     fmodel = foolbox_model(model, world.device)
     for spec in specs:
-        todo = [e for e in grids[spec.name] if (spec.name, spec.spec_hash, eps_key(e)) not in done]
+        grid = grids[spec.name]
+        todo = [e for e in grid if (spec.name, _row_hash(spec, e, grid), eps_key(e)) not in done]
         if not todo:
             continue
         spec_base = {**base, "attack": spec.name, "norm": spec.norm, "spec_hash": spec.spec_hash,
@@ -154,12 +155,19 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
     return store.table([source.model_hash]) if world.is_main else pd.DataFrame()
 
 
+def _row_hash(spec, eps: float, grid: list[float]) -> str:
+    """The spec_hash of a row at ε: the spec's, or for a suite one that names the grid it carries."""
+    return spec.row_hash(eps, grid) if isinstance(spec, Suite) else spec.spec_hash
+
+
+@full_fp32()
 def _clean_rows(model, x, y, base, attacks: list[str]) -> list[dict]:
     """The clean rows asked for, from one pass of clean predictions: clean correctness and each image's
     exact ||J||_F, in pixel units (`jacobian_norm`, with the grey-image share and how many distinct
     classes the model predicts: 1 is a degenerate model whose "robustness" is a class share) and in the
     paper's units (`jacobian_norm_normalized`: the pixel Jacobian with each channel scaled by the
-    model's input std, which needs its Normalize layer)."""
+    model's input std, which needs its Normalize layer). In full fp32 (TF32 off, `full_fp32`): exact
+    rows whose values must not depend on the GPU."""
     with torch.no_grad():
         preds = torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(y), 500)])
         grey = model(torch.full((1, *x.shape[1:]), 0.5, device=x.device)).argmax(1)
@@ -229,20 +237,22 @@ def _run_minimization(spec, fmodel, x, y, shard, todo, spec_base, config, store,
 
 def _run_suite(suite: Suite, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task) -> None:
     """The cascade (see `robench.attacks.suites`): each member on the survivors of the earlier ones,
-    the ε grid in increasing order; at every ε to do, one row per member (robust so far) and the
-    suite's row, written by rank 0. An ε already in the store gives its survivors to the next one."""
+    the run's ε grid in increasing order; at every ε to do, one row per member (robust so far) and the
+    suite's row, written by rank 0. An ε of the grid already in the store (its key names the same carried
+    grid) gives its survivors to the next one; the grid is the one asked for, never the store's."""
     lo, hi = shard
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32():  # clean correctness as the re-check judges it
         alive = torch.cat([torch.zeros(0, dtype=torch.bool)] + [
             (fmodel(x[a:b]).argmax(1) == y[a:b]).cpu() for a, b in _batches_of(lo, hi, config.batch_size)])
     distances: dict[str, torch.Tensor] = {}
-    grid = sorted(set(todo) | {e for e in _grid(suite, config, spec_base["dataset"]) if e < max(todo)})
-    for eps in grid:
+    grid = _grid(suite, config, spec_base["dataset"])
+    for eps in (e for e in grid if e <= max(todo)):
         if eps not in todo:  # done earlier: its survivors, from the store
-            stored = world.on_main(lambda: store.robust_vector({**spec_base, "epsilon": eps}))
+            key = {**spec_base, "spec_hash": suite.row_hash(eps, grid), "epsilon": eps}
+            stored = world.on_main(lambda: store.robust_vector(key))
             if stored is not None:
                 alive &= torch.as_tensor(stored[lo:hi] >= 1)
-            continue
+                continue  # else (a row without outcomes) it runs again: the carry needs its breaks
         progress.update(task, status=f"eps={eps:g}")
         after = []
         for member in suite.members:
@@ -250,7 +260,7 @@ def _run_suite(suite: Suite, fmodel, x, y, shard, todo, spec_base, config, store
                 alive &= ~_member_broken(member, fmodel, x, y, shard, eps, alive, config, distances)
             after.append(alive.double())
         progress.update(task, advance=hi - lo)
-        world.collect(after, lambda parts: store.add(_suite_rows(suite, parts, eps, spec_base)))
+        world.collect(after, lambda parts: store.add(_suite_rows(suite, parts, eps, grid, spec_base)))
 
 
 def _member_broken(member, fmodel, x, y, shard, eps, alive, config, distances) -> torch.Tensor:
@@ -281,16 +291,17 @@ def _member_broken(member, fmodel, x, y, shard, eps, alive, config, distances) -
     return broken & alive
 
 
-def _suite_rows(suite: Suite, parts: list, eps: float, spec_base: dict) -> list[dict]:
-    """Rows of one ε: after each member (`<suite>.<member>`) and the suite's own (after all of them)."""
+def _suite_rows(suite: Suite, parts: list, eps: float, grid: list[float], spec_base: dict) -> list[dict]:
+    """Rows of one ε: after each member (`<suite>.<member>`) and the suite's own (after all of them), all
+    under the key that names the carried grid (`Suite.row_hash`); member rows say what they count."""
     per_member = [torch.cat([p[k] for p in parts]).numpy() for k in range(len(suite.members))]
+    base = {**spec_base, "epsilon": eps, "spec_hash": suite.row_hash(eps, grid)}
     rows = []
     for member, robust in zip(suite.members, per_member):
-        rows.append({**spec_base, "attack": suite.member_row_name(member), "epsilon": eps,
-                     "spec_hash": member.spec_hash, "attack_params": member.params_json,
+        rows.append({**base, "attack": suite.member_row_name(member), "attack_params": suite.member_params(member, eps, grid),
                      "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust})  # fmt: skip
-    rows.append({**spec_base, "epsilon": eps, "accuracy": float(per_member[-1].mean()), "timestamp": _now(),
-                 "_robust": per_member[-1]})  # fmt: skip
+    rows.append({**base, "attack_params": suite.row_params(eps, grid), "accuracy": float(per_member[-1].mean()),
+                 "timestamp": _now(), "_robust": per_member[-1]})  # fmt: skip
     return rows
 
 

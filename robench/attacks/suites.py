@@ -8,6 +8,15 @@ adversarial lies in the larger ball). Members that treat examples one by one run
 alone; the others (Square, DDN) run on every fixed chunk that still holds a survivor, exactly as
 they would without the cascade, so the cascade's outcomes equal running every member on every
 example and taking the per-example AND (tested).
+
+The carry is valid (the balls nest) and it is where the suite's speed comes from, but it makes a row's
+number depend on which smaller ε ran before it: `--eps 0.3` alone breaks fewer examples at 0.3 than the
+default grid does. So a row's identity names that grid: the spec_hash of the suite's rows at ε hashes
+the suite and the ε' of the run's grid with 0 < ε' < ε whose breaks it carries (`Suite.row_hash`; with
+nothing carried it is the suite's own `spec_hash`). The grid is the one asked for (--eps, else the
+default grid), never whatever happens to be in the store, so one key always means one number. The
+member rows (`autoattack.square`) count what the cascade has broken after that member at ε, including
+what every member broke at the carried ε; their `attack_params` say so (`Suite.member_params`).
 """
 
 from __future__ import annotations
@@ -19,6 +28,11 @@ from pathlib import Path
 
 from ..errors import RobenchError
 from . import AttackSpec, _parse_grid, _spec_dir, load_specs, tomllib
+
+def eps_key(eps: float) -> float:
+    """ε as result rows compare it (robench.results.eps_key; not imported: it would load pandas)."""
+    return round(float(eps), 12)
+
 
 SUITE_KEYS = ("name", "description", "suite", "norm", "eps")
 DEFAULT = ("noise", "fgsm", "pgd", "cw", "autoattack")  # `--attack default`: the paper's four + AutoAttack
@@ -54,6 +68,36 @@ class Suite:
     def member_row_name(self, member: AttackSpec) -> str:
         """Rows of the cascade after each member: robust accuracy so far (AutoAttack's running log)."""
         return f"{self.name}.{member.name}"
+
+    @staticmethod
+    def carried(eps: float, grid: list[float] | tuple[float, ...]) -> tuple[float, ...]:
+        """The ε' of the run's grid whose breaks the row at ε carries: 0 < ε' < ε (ε' = 0 breaks nothing)."""
+        return tuple(sorted({eps_key(e) for e in grid if 0 < eps_key(e) < eps_key(eps)}))
+
+    def row_hash(self, eps: float, grid: list[float] | tuple[float, ...]) -> str:
+        """The spec_hash of the suite's rows (and its member rows) at ε when the cascade ran over `grid`:
+        the suite's `spec_hash` when nothing is carried, else a hash of it and the carried ε'."""
+        carried = self.carried(eps, grid)
+        if not carried:
+            return self.spec_hash
+        payload = json.dumps([self.params_json, list(carried)], separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def row_params(self, eps: float, grid: list[float] | tuple[float, ...]) -> str:
+        """The suite row's attack_params: its members and the ε' it carries breaks from."""
+        return json.dumps({"suite": [[m.name, m.spec_hash] for m in self.members],
+                           "carried_eps": list(self.carried(eps, grid))}, separators=(",", ":"))  # fmt: skip
+
+    def member_params(self, member: AttackSpec, eps: float, grid: list[float] | tuple[float, ...]) -> str:
+        """A member row's attack_params, saying what it counts: robust after the members up to this one
+        at ε and after every member at each carried ε' (so it includes other members' breaks)."""
+        names = [m.name for m in self.members]
+        return json.dumps({
+            "member": json.loads(member.params_json), "suite": self.name,
+            "counts": "robust after " + ", ".join(names[: names.index(member.name) + 1]) + " at eps"
+                      + (" and after every member at each carried_eps" if self.carried(eps, grid) else ""),
+            "carried_eps": list(self.carried(eps, grid)),
+        }, separators=(",", ":"))  # fmt: skip
 
     def default_eps(self, dataset: str) -> list[float]:
         if dataset not in self.eps:
