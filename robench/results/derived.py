@@ -7,7 +7,15 @@ adversarial at distance ≤ ε (so CW's distances fold into every ε, on its gri
 (noise, `role = "baseline"` in its spec) are not adversaries and never join. Only the latest spec of
 each attack takes part, and only rows that kept their outcomes. A row needs two or more attacks at its
 ε; it is recomputed whenever another attack's row joins the evaluation. Rows of the same model, seed
-and protocol on more images join with their first n outcomes (which do not depend on n).
+and protocol on more images join with their first n outcomes where those are exactly what n images give
+(`ResultsStore._prefix_rows`).
+
+From protocol 3 (CARRY_PROTOCOL) the worst case carries breaks to larger ε, per example, as the suites'
+cascade does: a fixed-ε attack's break at ε' counts at every ε >= ε' (its adversarial lies in the larger
+ball), so at an ε some attack did not run its breaks from smaller ε still count, and the curve never
+rises with ε. The row's identity says what it carried: its spec_hash hashes the attacks joined, those with
+a row at ε and, per attack, the ε' < ε whose breaks it carries (listed as `carried_eps` in attack_params). Rows of older
+protocols keep their meaning (no carry; one spec_hash per norm).
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .csvfile import JACOBIAN_ATTACKS, WORST_CASE, eps_key
+from .csvfile import JACOBIAN_ATTACKS, LEGACY_PROTOCOL, WORST_CASE, eps_key
+
+CARRY_PROTOCOL = 3  # the first protocol whose worst case carries breaks to larger ε
 
 
 def latest_members(rows: list[dict[str, Any]], relations: dict) -> list[dict[str, Any]]:
@@ -45,6 +55,7 @@ def worst_case_rows(rows: list[dict[str, Any]], relations: dict) -> list[dict[st
         relations: {attack: Relation} from `robench.attacks.relations()`.
     """
     members = latest_members(rows, relations)
+    carry = bool(rows) and int(rows[0].get("protocol", LEGACY_PROTOCOL)) >= CARRY_PROTOCOL
     out = []
     for norm in sorted({r["norm"] for r in members}):
         of_norm = [r for r in members if r["norm"] == norm]
@@ -55,20 +66,32 @@ def worst_case_rows(rows: list[dict[str, Any]], relations: dict) -> list[dict[st
         spec_hash = hashlib.sha256(json.dumps([norm, names]).encode()).hexdigest()[:12]
         for eps in grid:
             at_eps = [r for r in fixed if eps_key(r["epsilon"]) == eps]
-            parts = [np.asarray(r["_robust"], dtype=float) >= 1.0 for r in at_eps]
-            parts += [np.asarray(r["_distance"], dtype=float) > eps for r in minimizers.values()]
-            joined = {r["attack"]: r["spec_hash"] for r in at_eps + list(minimizers.values())}
+            below = [r for r in fixed if 0 < eps_key(r["epsilon"]) < eps] if carry else []
+            used = at_eps + below + list(minimizers.values())
+            joined = {r["attack"]: r["spec_hash"] for r in used}
             if len(joined) < 2:
                 continue
+            parts = [np.asarray(r["_robust"], dtype=float) >= 1.0 for r in at_eps + below]
+            parts += [np.asarray(r["_distance"], dtype=float) > eps for r in minimizers.values()]
             robust = np.logical_and.reduce(parts).astype(float)
-            template = rows[-1] if rows else (at_eps or list(minimizers.values()))[0]
+            params: dict[str, Any] = {"norm": norm, "attacks": dict(sorted(joined.items()))}
+            row_hash = spec_hash
+            if carry:
+                carried: dict[str, list[float]] = {}
+                for r in sorted(below, key=lambda r: (r["attack"], eps_key(r["epsilon"]))):
+                    carried.setdefault(r["attack"], []).append(eps_key(r["epsilon"]))
+                params["carried_eps"] = carried
+                at = sorted({r["attack"] for r in at_eps})  # with `carried`: every (attack, ε') that counts
+                row_hash = hashlib.sha256(json.dumps([norm, sorted(joined.items()), at, sorted(carried.items())]
+                                                     ).encode()).hexdigest()[:12]  # fmt: skip
+            template = rows[-1] if rows else used[0]
             out.append({
                 **{k: template[k] for k in ("model", "dataset", "defense", "n", "seed", "model_hash", "protocol",
                                             "robench_version")},
-                "attack": WORST_CASE, "norm": norm, "epsilon": eps, "spec_hash": spec_hash,
+                "attack": WORST_CASE, "norm": norm, "epsilon": eps, "spec_hash": row_hash,
                 "accuracy": float(robust.mean()), "value": float("nan"),
-                "attack_params": json.dumps({"norm": norm, "attacks": dict(sorted(joined.items()))}, sort_keys=True),
-                "timestamp": max(str(r.get("timestamp", "")) for r in at_eps + list(minimizers.values())),
+                "attack_params": json.dumps(params, sort_keys=True),
+                "timestamp": max(str(r.get("timestamp", "")) for r in used),
                 "_robust": robust, "_distance": None, "_value": None,
             })  # fmt: skip
     return out

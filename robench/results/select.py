@@ -4,7 +4,10 @@ Of each (model, attack, norm), only the latest spec and protocol are current (th
 row: after a preset changes, or robench's protocol is bumped, old rows stay in the store but are no
 longer drawn); of those, the evaluation on the most images, then the last seed; of duplicate ε rows,
 the last. Of the worst cases (one per evaluation size: a smaller evaluation's worst case also reads
-the first outcomes of larger ones), the one combining the most attacks, then the most images. The worst case of each norm is shown as its own curve, `worst_case_<norm>`, first.
+the first outcomes of larger ones), those of the latest protocol, then of the evaluation combining the
+most attacks, then the most images. An evaluation's worst-case rows are told apart by (model, norm, n,
+seed, protocol), not by spec_hash: from protocol 3 each ε has its own (it names the ε' it carries). The
+worst case of each norm is shown as its own curve, `worst_case_<norm>`, first.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ def current_rows(df: pd.DataFrame) -> pd.DataFrame:
     df = df.reset_index(drop=True)
     df = df.assign(_eps=df["epsilon"].astype(float).round(9), _order=range(len(df)))
     protocol = df["protocol"] if "protocol" in df.columns else pd.Series(1, index=df.index)
-    df = df.assign(_version=protocol.astype(str) + ":" + df["spec_hash"].astype(str))
+    df = df.assign(_version=protocol.astype(str) + ":" + df["spec_hash"].astype(str), _protocol=protocol)
     by = ["model_hash", "attack", "norm"]
     worst = df["attack"] == WORST_CASE
     # a worst case is current when it combines the most attacks (then: the most images); others by age
     members = df["attack_params"].map(_member_count) if "attack_params" in df.columns else 0
     df = df.assign(_members=np.where(worst, members, 0))
-    df = df.assign(_best=df.groupby(["model_hash", "norm", "n", "spec_hash"])["_members"].transform("max"))
+    if worst.any():
+        latest = df[worst].groupby(["model_hash", "norm"])["_protocol"].transform("max")
+        df = df[~worst | (df["_protocol"] == latest.reindex(df.index))]
+        worst = df["attack"] == WORST_CASE
+    df = df.assign(_best=df.groupby(["model_hash", "norm", "n", "seed", "_protocol"])["_members"].transform("max"))
     top = df[worst].groupby(["model_hash", "norm"])["_best"].transform("max") if worst.any() else None
     if top is not None:
         df = df[~worst | (df["_best"] == top.reindex(df.index))]
@@ -41,7 +48,7 @@ def current_rows(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["n"] == df.groupby(by)["n"].transform("max")]
     df = df[df["seed"] == df.groupby(by)["seed"].transform("last")]
     df = df.drop_duplicates(by + ["_eps"], keep="last")
-    return df.assign(epsilon=df["_eps"]).drop(columns=["_eps", "_order", "_version", "_members", "_best"]
+    return df.assign(epsilon=df["_eps"]).drop(columns=["_eps", "_order", "_version", "_protocol", "_members", "_best"]
                                                ).reset_index(drop=True)  # fmt: skip
 
 

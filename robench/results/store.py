@@ -93,6 +93,7 @@ class ResultsStore:
         self.csv_path, self.db_path = store_paths(path)
         self.relations = spec_relations() if relations is None else relations
         self._dirty, self._last_export = False, time.monotonic()
+        self._per_example: frozenset[str] | None = None
         for target in (self.csv_path, self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm")):
             refuse_special(target)  # sqlite would block forever on a FIFO
         try:
@@ -224,23 +225,41 @@ class ResultsStore:
         return out
 
     def _prefix_rows(self, group: tuple) -> list[dict[str, Any]]:
-        """Rows of the same model, seed and protocol on at least n images, outcomes cut to the first n.
+        """Rows of the same model, seed and protocol on more than n images, outcomes cut to the first n,
+        where those are exactly what an evaluation of the first n images gives: they may join its worst case.
 
-        Random starts and noise are drawn per example and attacks that couple examples run on fixed
-        chunks of the index, so the first n outcomes of a larger evaluation are exactly what an
-        evaluation of the first n images gives: they may join its worst case.
+        Random starts and noise are drawn per example, so a per-example attack's first n outcomes never
+        depend on how many images it ran on. Attacks that couple examples (CW, DDN, Square and suites
+        holding one) run on fixed chunks of CHUNK images: a run on n images cuts its last chunk short when
+        n is not a multiple of CHUNK, and then gives other outcomes there. From protocol 3 such rows join
+        only when n is a multiple of CHUNK; older protocols keep the reuse they were made with.
         """
+        from ..attacks import CHUNK
+        from .derived import CARRY_PROTOCOL
+
         model_hash, n, seed, protocol = group
         larger = [g[0] for g in self.conn.execute("SELECT DISTINCT n FROM rows WHERE model_hash=? AND seed=? AND "
                                                   "protocol=? AND n>?", (model_hash, seed, protocol, n))]  # fmt: skip
         rows = [r for m in sorted(larger) for r in self._group_rows((model_hash, m, seed, protocol), with_outcomes=True)
                 if not r["derived"] and r["attack"] not in JACOBIAN_ATTACKS]  # fmt: skip
+        if rows and protocol >= CARRY_PROTOCOL and n % CHUNK:
+            exact = self._per_example_attacks()
+            rows = [r for r in rows if r["attack"].split(".")[0] in exact]  # a cascade step: as its suite
         for r in rows:
             r["n"] = n
             for key in ("_robust", "_distance"):
                 if r[key] is not None:
                     r[key] = r[key][:n]
         return rows
+
+    def _per_example_attacks(self) -> frozenset[str]:
+        """The packaged attacks and suites whose outcomes are per example (loaded once, when first needed:
+        this imports Foolbox). An attack no longer among them is taken as chunked: never reused wrongly."""
+        if self._per_example is None:
+            from ..attacks import per_example_names
+
+            self._per_example = per_example_names()
+        return self._per_example
 
     def _group_rows(self, group: tuple, *, with_outcomes: bool) -> list[dict[str, Any]]:
         blobs = ", o.robust, o.distance, o.value" if with_outcomes else ", NULL, NULL, NULL"
