@@ -205,10 +205,11 @@ def _robustness_claims(evidence: Evidence) -> list[Claim]:
          [d for d in SINGLE if d != "jr"], [("noise", "l2", "white noise")]),
         ("4", "base+jr beats base+adv (FGSM adversarial training)", "paper, Figure 3b-c", "base+jr",
          ["base+adv"], adversarial),
-        ("5", "base+jr+adv is the most robust of base, base+adv, base+jr and itself", "paper, Figure 3b-c",
+        ("5", "base+jr+adv is the most robust (against base, base+adv, base+jr)", "paper, Figure 3b-c",
          "base+jr+adv", list(PAPER_FIGURE_3), adversarial),
     ]  # fmt: skip
-    for other in (d for d in evidence.config.defenses if d not in PAPER_DEFENSES):
+    extra = [d for d in evidence.config.defenses if d not in PAPER_DEFENSES] if not evidence.has("base+jr+adv") else []
+    for other in extra:
         specs.append((f"5-{other}", f"base+jr+adv beats {other}", "beyond the paper", "base+jr+adv", [other],
                       adversarial))  # fmt: skip
     claims = []
