@@ -18,6 +18,7 @@ from robench.data import to_unit_float
 from robench.devices import full_fp32
 from robench.results import ResultsStore, outcomes, read_results
 from robench.results.derived import worst_case_rows
+from robench.results.select import current_rows
 
 
 def invoke(*args):
@@ -195,6 +196,15 @@ def test_the_suite_row_at_an_eps_is_the_same_alone_or_after_a_grid(tmp_path, tra
     np.testing.assert_array_equal(merged["accuracy"], merged["accuracy_grid"])
     carried = g[(g["attack"] == "autoattack-fast.square-1k") & np.isclose(g["epsilon"], 0.1)]
     assert {tuple(json.loads(p)["carried_eps"]) for p in carried["attack_params"]} == {(), (0.05,)}
+    # both grids are one spec: every ε stays current, the worst case reads them all, the carried row is drawn
+    everything = read_results(grid)
+    shown = current_rows(everything).query("attack == 'autoattack-fast'").set_index("epsilon")
+    assert sorted(shown.index) == [0.0, 0.05, 0.1]
+    assert json.loads(shown.loc[0.1, "attack_params"])["carried_eps"] == [0.05]
+    worst = everything.query("attack == 'worst_case'")
+    assert sorted(worst["epsilon"]) == [0.0, 0.05, 0.1]
+    suite_at = g[(g["attack"] == "autoattack-fast") & np.isclose(g["epsilon"], 0.1)]["accuracy"]
+    assert worst.set_index("epsilon").loc[0.1, "accuracy"] <= suite_at.min() + 1e-12
 
 
 # -- prefix reuse only where exact ---------------------------------------------------------------------------

@@ -15,7 +15,8 @@ default grid does. So a row's identity names that grid: the spec_hash of the sui
 the suite and the ε' of the run's grid with 0 < ε' < ε whose breaks it carries (`Suite.row_hash`; with
 nothing carried it is the suite's own `spec_hash`). The grid is the one asked for (--eps, else the
 default grid), never whatever happens to be in the store, so one key always means one number. The
-member rows (`autoattack.square`) count what the cascade has broken after that member at ε, including
+rows of one suite spec share `"spec"` in their attack_params (`robench.results.derived.spec_family`), so
+"the latest spec of an attack" still spans every carried grid. The member rows (`autoattack.square`) count what the cascade has broken after that member at ε, including
 what every member broke at the carried ε; their `attack_params` say so (`Suite.member_params`).
 """
 
@@ -85,7 +86,7 @@ class Suite:
 
     def row_params(self, eps: float, grid: list[float] | tuple[float, ...]) -> str:
         """The suite row's attack_params: its members and the ε' it carries breaks from."""
-        return json.dumps({"suite": [[m.name, m.spec_hash] for m in self.members],
+        return json.dumps({"suite": [[m.name, m.spec_hash] for m in self.members], "spec": self.spec_hash,
                            "carried_eps": list(self.carried(eps, grid))}, separators=(",", ":"))  # fmt: skip
 
     def member_params(self, member: AttackSpec, eps: float, grid: list[float] | tuple[float, ...]) -> str:
@@ -93,7 +94,7 @@ class Suite:
         at ε and after every member at each carried ε' (so it includes other members' breaks)."""
         names = [m.name for m in self.members]
         return json.dumps({
-            "member": json.loads(member.params_json), "suite": self.name,
+            "member": json.loads(member.params_json), "suite": self.name, "spec": self.spec_hash,
             "counts": "robust after " + ", ".join(names[: names.index(member.name) + 1]) + " at eps"
                       + (" and after every member at each carried_eps" if self.carried(eps, grid) else ""),
             "carried_eps": list(self.carried(eps, grid)),

@@ -13,8 +13,8 @@ and protocol on more images join with their first n outcomes where those are exa
 From protocol 3 (CARRY_PROTOCOL) the worst case carries breaks to larger ε, per example, as the suites'
 cascade does: a fixed-ε attack's break at ε' counts at every ε >= ε' (its adversarial lies in the larger
 ball), so at an ε some attack did not run its breaks from smaller ε still count, and the curve never
-rises with ε. The row's identity says what it carried: its spec_hash hashes the attacks joined, those with
-a row at ε and, per attack, the ε' < ε whose breaks it carries (listed as `carried_eps` in attack_params). Rows of older
+rises with ε. The row's identity says what it carried: its spec_hash hashes every row that counts at ε
+(attack, spec_hash, ε'); attack_params lists the ε' < ε whose breaks it carries as `carried_eps`. Rows of older
 protocols keep their meaning (no carry; one spec_hash per norm).
 """
 
@@ -31,18 +31,33 @@ from .csvfile import JACOBIAN_ATTACKS, LEGACY_PROTOCOL, WORST_CASE, eps_key
 CARRY_PROTOCOL = 3  # the first protocol whose worst case carries breaks to larger ε
 
 
+def spec_family(spec_hash: str, attack_params: Any) -> str:
+    """The spec a row was made with, whatever grid it carried: a suite's rows (protocol 3) have one
+    spec_hash per carried grid and name their suite's spec as "spec" in attack_params; others: spec_hash."""
+    text = str(attack_params or "")
+    if '"spec"' in text:  # cheap test first: most rows are not a suite's
+        try:
+            family = json.loads(text).get("spec")
+        except (ValueError, AttributeError):
+            family = None
+        if isinstance(family, str):
+            return family
+    return str(spec_hash)
+
+
 def latest_members(rows: list[dict[str, Any]], relations: dict) -> list[dict[str, Any]]:
-    """The rows that may join a worst case: adversarial, with outcomes, each attack's latest spec only."""
+    """The rows that may join a worst case: adversarial, with outcomes, each attack's latest spec only
+    (a suite's rows of every carried grid: they are all valid breaks)."""
     from ..attacks import Relation
 
     latest: dict[str, str] = {}
     for row in rows:  # rows come in insertion order: the last spec seen of an attack is its latest
         if row["attack"] != WORST_CASE and row["attack"] not in JACOBIAN_ATTACKS:
-            latest[row["attack"]] = row["spec_hash"]
+            latest[row["attack"]] = spec_family(row["spec_hash"], row.get("attack_params"))
     return [
         r for r in rows
-        if r["attack"] in latest and r["spec_hash"] == latest[r["attack"]] and r.get("_robust") is not None
-        and relations.get(r["attack"], Relation()).role != "baseline"
+        if r["attack"] in latest and spec_family(r["spec_hash"], r.get("attack_params")) == latest[r["attack"]]
+        and r.get("_robust") is not None and relations.get(r["attack"], Relation()).role != "baseline"
     ]  # fmt: skip
 
 
@@ -68,7 +83,7 @@ def worst_case_rows(rows: list[dict[str, Any]], relations: dict) -> list[dict[st
             at_eps = [r for r in fixed if eps_key(r["epsilon"]) == eps]
             below = [r for r in fixed if 0 < eps_key(r["epsilon"]) < eps] if carry else []
             used = at_eps + below + list(minimizers.values())
-            joined = {r["attack"]: r["spec_hash"] for r in used}
+            joined = {r["attack"]: spec_family(r["spec_hash"], r.get("attack_params")) for r in used}
             if len(joined) < 2:
                 continue
             parts = [np.asarray(r["_robust"], dtype=float) >= 1.0 for r in at_eps + below]
@@ -78,12 +93,12 @@ def worst_case_rows(rows: list[dict[str, Any]], relations: dict) -> list[dict[st
             row_hash = spec_hash
             if carry:
                 carried: dict[str, list[float]] = {}
-                for r in sorted(below, key=lambda r: (r["attack"], eps_key(r["epsilon"]))):
-                    carried.setdefault(r["attack"], []).append(eps_key(r["epsilon"]))
+                for r in below:
+                    carried[r["attack"]] = sorted({*carried.get(r["attack"], []), eps_key(r["epsilon"])})
                 params["carried_eps"] = carried
-                at = sorted({r["attack"] for r in at_eps})  # with `carried`: every (attack, ε') that counts
-                row_hash = hashlib.sha256(json.dumps([norm, sorted(joined.items()), at, sorted(carried.items())]
-                                                     ).encode()).hexdigest()[:12]  # fmt: skip
+                counted = sorted({(r["attack"], r["spec_hash"], eps_key(r["epsilon"]) if r.get("_distance") is None else -1.0)
+                                  for r in used})  # every row that counts (a minimizer: at every ε)  # fmt: skip
+                row_hash = hashlib.sha256(json.dumps([norm, counted]).encode()).hexdigest()[:12]
             template = rows[-1] if rows else used[0]
             out.append({
                 **{k: template[k] for k in ("model", "dataset", "defense", "n", "seed", "model_hash", "protocol",

@@ -2,8 +2,9 @@
 
 Of each (model, attack, norm), only the latest spec and protocol are current (those of its last
 row: after a preset changes, or robench's protocol is bumped, old rows stay in the store but are no
-longer drawn); of those, the evaluation on the most images, then the last seed; of duplicate ε rows,
-the last. Of the worst cases (one per evaluation size: a smaller evaluation's worst case also reads
+longer drawn; a suite's rows of every carried grid are one spec, `derived.spec_family`); of those, the
+evaluation on the most images, then the last seed; of duplicate ε rows, the one carrying the most
+smaller ε (a suite's), then the last. Of the worst cases (one per evaluation size: a smaller evaluation's worst case also reads
 the first outcomes of larger ones), those of the latest protocol, then of the evaluation combining the
 most attacks, then the most images. An evaluation's worst-case rows are told apart by (model, norm, n,
 seed, protocol), not by spec_hash: from protocol 3 each ε has its own (it names the ε' it carries). The
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .csvfile import WORST_CASE
+from .derived import spec_family
 
 
 def current_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -27,7 +29,10 @@ def current_rows(df: pd.DataFrame) -> pd.DataFrame:
     df = df.reset_index(drop=True)
     df = df.assign(_eps=df["epsilon"].astype(float).round(9), _order=range(len(df)))
     protocol = df["protocol"] if "protocol" in df.columns else pd.Series(1, index=df.index)
-    df = df.assign(_version=protocol.astype(str) + ":" + df["spec_hash"].astype(str), _protocol=protocol)
+    params = df["attack_params"] if "attack_params" in df.columns else pd.Series("", index=df.index)
+    family = [spec_family(h, p) for h, p in zip(df["spec_hash"], params)]
+    df = df.assign(_version=protocol.astype(str) + ":" + pd.Series(family, index=df.index), _protocol=protocol,
+                   _carried=params.map(_carried_count))  # fmt: skip
     by = ["model_hash", "attack", "norm"]
     worst = df["attack"] == WORST_CASE
     # a worst case is current when it combines the most attacks (then: the most images); others by age
@@ -47,9 +52,22 @@ def current_rows(df: pd.DataFrame) -> pd.DataFrame:
     df = df[(df["attack"] == WORST_CASE) | (df["_version"] == df.groupby(by)["_version"].transform("last"))]
     df = df[df["n"] == df.groupby(by)["n"].transform("max")]
     df = df[df["seed"] == df.groupby(by)["seed"].transform("last")]
-    df = df.drop_duplicates(by + ["_eps"], keep="last")
-    return df.assign(epsilon=df["_eps"]).drop(columns=["_eps", "_order", "_version", "_protocol", "_members", "_best"]
-                                               ).reset_index(drop=True)  # fmt: skip
+    # of a suite's rows at one ε, the one carrying the most smaller ε (the rest of its curve), then the last
+    df = df.sort_values(["_carried", "_order"], kind="stable").drop_duplicates(by + ["_eps"], keep="last")
+    df = df.sort_values("_order")
+    return df.assign(epsilon=df["_eps"]).drop(columns=["_eps", "_order", "_version", "_protocol", "_members", "_best",
+                                                       "_carried"]).reset_index(drop=True)  # fmt: skip
+
+
+def _carried_count(params: str) -> int:
+    """How many smaller ε a suite row carries breaks from (0 for every other row)."""
+    if "carried_eps" not in str(params):
+        return 0
+    try:
+        carried = json.loads(params).get("carried_eps", [])
+    except (ValueError, AttributeError, TypeError):
+        return 0
+    return len(carried) if isinstance(carried, list) else 0
 
 
 def _member_count(params: str) -> int:
