@@ -161,9 +161,12 @@ def train(out_dir: str, resume: bool, force: bool, quiet: bool, **options) -> No
               help="Seconds between checkpoints (0: every epoch); log rows are kept for every epoch.")
 @click.option("--group-size", type=int, default=None, help="At most this many models side by side.")
 @click.option("--one-group", is_flag=True, help="Put JR, FGSM-trained and plain models in one group (default: apart).")
+@click.option("--stack/--no-stack", default=None,
+              help="Side by side (--stack) or one after another (--no-stack); default: side by side on CUDA only "
+                   "(on a CPU the stacked step is slower).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_many_command(vary: tuple[str, ...], seeds_text: str, out_dir: str, save_every: float,
-                       group_size: int | None, one_group: bool, quiet: bool, **options) -> None:
+                       group_size: int | None, one_group: bool, stack: bool | None, quiet: bool, **options) -> None:
     """Train a grid of models side by side on one device (one stacked network per group).
 
     Each member writes its own ordinary run directory under --out, resumable by `robench train
@@ -192,7 +195,8 @@ def train_many_command(vary: tuple[str, ...], seeds_text: str, out_dir: str, sav
             config = replace(base, seed=seed, **dict(values)).validate()
             runs.setdefault(f"{config.defense}-s{seed}", config)
     jobs = train_many([(c, Path(out_dir) / name) for name, c in runs.items()], show_progress=not quiet,
-                      split_programs=not one_group, group_size=group_size, save_every=save_every)  # fmt: skip
+                      split_programs=not one_group, group_size=group_size, save_every=save_every,
+                      stack=stack)  # fmt: skip
     failed = 0
     for job in jobs:
         if isinstance(job.result, dict):

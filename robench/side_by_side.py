@@ -103,6 +103,7 @@ def train_many(
     save_every: float = 0.0,
     deadline: float | None = None,
     on_group_done: Callable[[list[Job], float], None] | None = None,
+    stack: bool | None = None,
 ) -> list[Job]:
     """Train every run, side by side where possible; returns the jobs with their results.
 
@@ -121,12 +122,19 @@ def train_many(
             group passes it, its last members are shed (saved where they are, resumable) so that
             the first ones finish; a group that cannot finish stops at an epoch boundary.
         on_group_done: called with (jobs, wall seconds) after each group.
+        stack: train side by side (True), one after another (False), or side by side on CUDA only
+            (None): on a CPU the stacked step is slower than one model at a time (grouped
+            convolutions in oneDNN; docs/PERFORMANCE.md), so `reproduce --quick` there trains alone.
     """
     from .locking import exclusive
     from .train import train
 
     jobs = [Job(config.validate(), Path(out)) for config, out in runs]
-    alone = [job for job in jobs if why_alone(job.config) is not None]
+    if stack is None:
+        from .devices import resolve_device
+
+        stack = resolve_device(jobs[0].config.device).type == "cuda" if jobs else False
+    alone = [job for job in jobs if not stack or why_alone(job.config) is not None]
     for job in alone:  # train.train locks and prepares its own directory
         started = time.perf_counter()
         try:

@@ -76,7 +76,7 @@ def test_a_group_trains_each_member_as_it_trains_alone(tmp_path, model, train_su
     configs = {name: dataclasses.replace(base, **settings).validate() for name, settings in MEMBERS.items()}
     for name, config in configs.items():
         train(config, tmp_path / "alone" / name, show_progress=False)
-    jobs = train_many([(c, tmp_path / "group" / name) for name, c in configs.items()], show_progress=False,
+    jobs = train_many([(c, tmp_path / "group" / name) for name, c in configs.items()], show_progress=False, stack=True,
                       split_programs=False)  # fmt: skip
     assert [type(job.result) for job in jobs] == [dict] * 4, [job.result for job in jobs]
     for name, config in configs.items():
@@ -113,7 +113,7 @@ def test_a_diverging_member_leaves_the_group_and_the_others_train_on(tmp_path):
     good = dataclasses.replace(base, seed=1, dropout=0.5, l2=5e-4)
     bad = dataclasses.replace(base, jr=1e30)
     runs = [(base, tmp_path / "a"), (bad, tmp_path / "bad"), (good, tmp_path / "b")]
-    jobs = train_many(runs, show_progress=False, split_programs=False)
+    jobs = train_many(runs, show_progress=False, stack=True, split_programs=False)
     assert isinstance(jobs[1].result, RobenchError)
     message = _one_line(jobs[1].result)
     assert message.startswith("training diverged") and "--jr 1e+30" in message, message
@@ -161,7 +161,7 @@ def _pair(root: Path) -> list[tuple[TrainConfig, Path]]:
 
 def _stopped_after_one_epoch(root: Path) -> list[Job]:
     """A group with a deadline already past: it saves its first epoch and stops there, resumable."""
-    jobs = train_many(_pair(root), show_progress=False, split_programs=False, deadline=time.monotonic())
+    jobs = train_many(_pair(root), show_progress=False, stack=True, split_programs=False, deadline=time.monotonic())
     assert [job.result for job in jobs] == ["stopped", "stopped"]
     for _, run_dir in _pair(root):
         meta = checkpoint.read_meta(run_dir)
@@ -173,11 +173,11 @@ def _stopped_after_one_epoch(root: Path) -> list[Job]:
 def test_a_stopped_group_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
     """Resumed by `train_many` the runs equal an uninterrupted group exactly (the momentum buffers come
     back from optimizer.pt); resumed alone by `train(resume=True)` to rounding (measured 1.5e-8)."""
-    whole = train_many(_pair(tmp_path / "whole"), show_progress=False, split_programs=False)
+    whole = train_many(_pair(tmp_path / "whole"), show_progress=False, stack=True, split_programs=False)
     assert all(isinstance(job.result, dict) for job in whole)
     _stopped_after_one_epoch(tmp_path / "cut")
     _stopped_after_one_epoch(tmp_path / "cut-alone")
-    resumed = train_many(_pair(tmp_path / "cut"), show_progress=False, split_programs=False)
+    resumed = train_many(_pair(tmp_path / "cut"), show_progress=False, stack=True, split_programs=False)
     assert all(isinstance(job.result, dict) and job.result["epochs_done"] == 2 for job in resumed)
     for config, run_dir in _pair(tmp_path / "cut-alone"):
         train(config, run_dir, resume=True, show_progress=False)
@@ -190,7 +190,7 @@ def test_a_stopped_group_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
         pd.testing.assert_frame_equal(*logs)
     # a finished run is skipped, not trained again
     before = (tmp_path / "cut" / "jr" / "model.safetensors").read_bytes()
-    again = train_many(_pair(tmp_path / "cut"), show_progress=False)
+    again = train_many(_pair(tmp_path / "cut"), show_progress=False, stack=True)
     assert [job.result["epochs_done"] for job in again] == [2, 2]
     assert (tmp_path / "cut" / "jr" / "model.safetensors").read_bytes() == before
 
@@ -208,7 +208,7 @@ def test_an_unfinished_recipe_1_run_is_refused(tmp_path):
         train(config, run_dir, resume=True, show_progress=False)
     message = _one_line(alone.value)
     assert "recipe 1" in message and f"recipe {TRAIN_RECIPE}" in message and "--force" in message
-    jobs = train_many(_pair(tmp_path), show_progress=False, split_programs=False)
+    jobs = train_many(_pair(tmp_path), show_progress=False, stack=True, split_programs=False)
     assert all(isinstance(job.result, RobenchError) for job in jobs)
     assert str(jobs[0].result) == message and "recipe" in _one_line(jobs[1].result)
     assert checkpoint.read_meta(run_dir)["epochs_done"] == 1  # untouched
@@ -306,7 +306,7 @@ def test_a_pgd_member_trains_alone_as_robench_train_trains_it(tmp_path):
     base = TrainConfig(model="mlp", epochs=1, lr=0.05, train_subset=200, **TINY)
     pgd = dataclasses.replace(base, adv_train="pgd", adv_eps=0.1, adv_steps=2)
     done = []
-    jobs = train_many([(pgd, tmp_path / "pgd"), (base, tmp_path / "plain")], show_progress=False,
+    jobs = train_many([(pgd, tmp_path / "pgd"), (base, tmp_path / "plain")], show_progress=False, stack=True,
                       on_group_done=lambda group, seconds: done.append([j.out_dir.name for j in group]))  # fmt: skip
     assert all(isinstance(job.result, dict) and job.result["finished"] for job in jobs)
     assert done == [["pgd"], ["plain"]]

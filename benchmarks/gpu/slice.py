@@ -72,7 +72,7 @@ def train_slice(config, study: Path, *, deadline: float | None, save_every: floa
         GROUPS[", ".join(names[j.out_dir] for j in group)] = seconds
 
     jobs = train_many([(c, study / "runs" / name) for name, c in runs], show_progress=False, split_programs=False,
-                      save_every=save_every, deadline=deadline, on_group_done=record)  # fmt: skip
+                      save_every=save_every, deadline=deadline, on_group_done=record, stack=True)  # fmt: skip
     for job in jobs:
         if not isinstance(job.result, dict):
             print(f"[slice] {names[job.out_dir]}: {job.result}", flush=True)
