@@ -205,16 +205,8 @@ class GroupTrainer:
                 entry = saved["state"].get(i, {})
                 buf = entry.get("momentum_buffer")
                 if buf is not None:
-                    self._member_view(bufs[i], i, k).copy_(buf.to(bufs[i].device))
+                    self.stack.member_view(bufs[i], i, k).copy_(buf.to(bufs[i].device))
         return bufs
-
-    def _member_view(self, tensor: torch.Tensor, index: int, k: int) -> torch.Tensor:
-        from torch import nn
-
-        if isinstance(self.stack.layers[self.stack.keys[index][1]][1], nn.Conv2d):
-            rows = tensor.shape[0] // self.stack.k
-            return tensor[k * rows : (k + 1) * rows]
-        return tensor[k]
 
     def _coefficients(self) -> None:
         """Per-member numbers of the step: weight decay, JR weight, clean share, FGSM eps, dropout."""
@@ -448,7 +440,7 @@ class GroupTrainer:
 
     def _keep(self, members: list[int]) -> None:
         """Continue with these members only (the others' results are already set)."""
-        self.bufs = [self._stacked_select(b, i, members) for i, b in enumerate(self.bufs)]
+        self.bufs = [self.stack.members_of(b, i, members) for i, b in enumerate(self.bufs)]
         self.stack.select(members)
         for name in ("jobs", "models", "metas", "optimizers", "p", "gens"):
             values = getattr(self, name)
@@ -456,14 +448,6 @@ class GroupTrainer:
         self.jr, self.mix, self.adv_eps = self.jr[members], self.mix[members], self.adv_eps[members]
         configs = [j.config for j in self.jobs]
         self.weight_decay = [self.stack.per_member([c.l2 for c in configs], i) for i in range(len(self.stack.params))]
-
-    def _stacked_select(self, tensor: torch.Tensor, index: int, members: list[int]) -> torch.Tensor:
-        from torch import nn
-
-        if isinstance(self.stack.layers[self.stack.keys[index][1]][1], nn.Conv2d):
-            rows = tensor.shape[0] // self.stack.k
-            return torch.cat([tensor[m * rows : (m + 1) * rows] for m in members]).contiguous()
-        return tensor[members].contiguous()
 
     # ---- evaluation and checkpoints -----------------------------------------------------------
     def _rows(self, epoch: int, sums: torch.Tensor, lr: float) -> list[dict[str, Any]]:
@@ -510,7 +494,7 @@ class GroupTrainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for i, param in enumerate(model.parameters()):
-                optimizer.state[param]["momentum_buffer"] = self._member_view(self.bufs[i], i, k).detach().cpu().clone()
+                optimizer.state[param]["momentum_buffer"] = self.stack.member_view(self.bufs[i], i, k).detach().cpu().clone()
             meta["side_by_side"] = {"group_size": self.stack.k, "device": _device_name(self.device)}
             if job.replacing:
                 rundir.clear_run(job.out_dir)

@@ -94,28 +94,26 @@ class StackedNet:
         self.buffers = {k: v.to(device) for k, v in models[0].named_buffers() if v is not None}
         self.dropout_layers = [i for i, (_, layer) in enumerate(self.layers) if isinstance(layer, nn.Dropout)]
 
+    def member_view(self, tensor: torch.Tensor, index: int, k: int) -> torch.Tensor:
+        """Member k's part of a tensor stacked like params[index] (the parameter or its momentum)."""
+        if isinstance(self.layers[self.keys[index][1]][1], nn.Conv2d):
+            rows = tensor.shape[0] // self.k
+            return tensor[k * rows : (k + 1) * rows]
+        return tensor[k]
+
+    def members_of(self, tensor: torch.Tensor, index: int, members: list[int]) -> torch.Tensor:
+        """A tensor stacked like params[index], keeping only `members` (in this order)."""
+        return torch.stack([self.member_view(tensor, index, m) for m in members]).flatten(0, 1).contiguous() \
+            if isinstance(self.layers[self.keys[index][1]][1], nn.Conv2d) else tensor[members].contiguous()
+
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Model k's parameters as an ordinary state dict (views into the stack, detached)."""
-        state = {}
-        for (key, index), tensor in zip(self.keys, self.params):
-            if isinstance(self.layers[index][1], nn.Conv2d):
-                rows = tensor.shape[0] // self.k
-                state[key] = tensor.detach()[k * rows : (k + 1) * rows]
-            else:
-                state[key] = tensor.detach()[k]
-        return state
+        return {key: self.member_view(tensor.detach(), i, k) for i, ((key, _), tensor) in enumerate(zip(self.keys, self.params))}
 
     def select(self, members: list[int]) -> None:
         """Keep only these members (in this order): a diverged member leaves the group."""
-        new = []
-        for (key, index), tensor in zip(self.keys, self.params):
-            if isinstance(self.layers[index][1], nn.Conv2d):
-                rows = tensor.shape[0] // self.k
-                parts = [tensor.detach()[m * rows : (m + 1) * rows] for m in members]
-                new.append(torch.cat(parts).contiguous().requires_grad_(True))
-            else:
-                new.append(tensor.detach()[members].contiguous().requires_grad_(True))
-        self.params, self.k = new, len(members)
+        self.params = [self.members_of(t.detach(), i, members).requires_grad_(True) for i, t in enumerate(self.params)]
+        self.k = len(members)
 
     def per_member(self, values: list[float], tensor_index: int) -> torch.Tensor:
         """A per-member scalar broadcast to the shape of stacked tensor `tensor_index` (weight decay)."""
