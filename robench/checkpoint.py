@@ -5,6 +5,7 @@ A run directory holds
     meta.json           model, dataset, every training flag, seed, versions, final metrics
     log.csv             one row per finished epoch
     optimizer.pt        optimizer state for --resume (tensors only, read with weights_only=True)
+    optimizer.prev.pt   the previous epoch's, only while a save is under way (see save_optimizer)
 Each file is written atomically; meta.json is written last, so it never claims more than is on disk.
 """
 
@@ -27,6 +28,8 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 LOG_FILE = "log.csv"
 OPTIMIZER_FILE = "optimizer.pt"
+# The previous epoch's optimizer state, kept only while a save is under way (`save_optimizer`).
+OPTIMIZER_PREV_FILE = "optimizer.prev.pt"
 RUN_FILES = (MODEL_FILE, META_FILE, LOG_FILE, OPTIMIZER_FILE)
 # Training settings added after runs existed, with the value every run saved without them had then:
 # before `jr_units`, the penalty was taken in pixel units; before `warmup_epochs`, there was none.
@@ -47,17 +50,39 @@ def save_weights(run_dir: str | os.PathLike, model: nn.Module, epoch: int) -> No
 
 
 def save_optimizer(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    """Write optimizer state (momentum buffers) for resuming; plain tensors and numbers only."""
+    """Write optimizer state (momentum buffers) for resuming; plain tensors and numbers only.
+
+    The state it replaces moves to optimizer.prev.pt first: the weights are written after this, so a
+    run killed in between has weights of epoch k-1 and needs epoch k-1's momentum to resume exactly.
+    `rundir.save_epoch` removes the old state once meta.json is written.
+    """
+    run_dir = Path(run_dir)
     payload = {"epoch": epoch, "optimizer": optimizer.state_dict()}
-    write_atomic(Path(run_dir) / OPTIMIZER_FILE, lambda tmp: torch.save(payload, tmp))
+    if (run_dir / OPTIMIZER_FILE).is_file():
+        os.replace(run_dir / OPTIMIZER_FILE, run_dir / OPTIMIZER_PREV_FILE)
+    write_atomic(run_dir / OPTIMIZER_FILE, lambda tmp: torch.save(payload, tmp))
 
 
-def load_optimizer_state(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """Read optimizer.pt with weights_only=True (refuses arbitrary pickled objects); None if absent."""
+def load_optimizer_state(run_dir: str | os.PathLike, epoch: int | None = None) -> dict[str, Any] | None:
+    """Read optimizer.pt with weights_only=True (refuses arbitrary pickled objects); None if absent.
+
+    With `epoch`, the state saved for that epoch: optimizer.pt, or optimizer.prev.pt when a kill left
+    optimizer.pt one epoch ahead of the weights; None if neither holds it.
+    """
+    run_dir = Path(run_dir)
+    if epoch is None:
+        return _read_optimizer(run_dir / OPTIMIZER_FILE)
+    for name in (OPTIMIZER_FILE, OPTIMIZER_PREV_FILE):
+        payload = _read_optimizer(run_dir / name)
+        if payload is not None and payload["epoch"] == epoch:
+            return payload
+    return None
+
+
+def _read_optimizer(path: Path) -> dict[str, Any] | None:
     from .fileio import refuse_special
     from .schemas import check_optimizer
 
-    path = Path(run_dir) / OPTIMIZER_FILE
     if not os.path.lexists(path):
         return None
     refuse_special(path)

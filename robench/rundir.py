@@ -84,20 +84,28 @@ def prepare_run_dir(config, out_dir: Path, *, resume: bool, force: bool):
     if not meta["epochs_done"] <= epoch <= meta["epochs_done"] + 1:
         raise RobenchError(f"checkpoint {out_dir} is inconsistent: {checkpoint.MODEL_FILE} holds epoch {epoch} "
                            f"but {checkpoint.META_FILE} says {meta['epochs_done']}; use --force to start over")  # fmt: skip
-    checkpoint.read_log(out_dir)  # a foreign or damaged log.csv is refused, not merged with
-    opt = checkpoint.load_optimizer_state(out_dir)
-    optimizer_state = opt["optimizer"] if opt is not None and opt["epoch"] == epoch else None
+    log = checkpoint.read_log(out_dir)  # a foreign or damaged log.csv is refused, not merged with
+    if len(log) < epoch:  # a run killed between weights and log by a robench that saved the log after the weights
+        raise RobenchError(f"{out_dir}/{checkpoint.LOG_FILE} ends at epoch {len(log)} but {checkpoint.MODEL_FILE} "
+                           f"holds epoch {epoch}, so the log lost a row; use --force to start over")  # fmt: skip
+    opt = checkpoint.load_optimizer_state(out_dir, epoch)
+    optimizer_state = opt["optimizer"] if opt is not None else None
     return epoch, {"weights": weights, "optimizer": optimizer_state, "meta": meta}, False
 
 
 def clear_run(out_dir: Path) -> None:
     """Remove the run --force replaces, meta.json first: from then on the directory claims no epoch."""
-    for name in (checkpoint.META_FILE, *[n for n in checkpoint.RUN_FILES if n != checkpoint.META_FILE]):
+    for name in (checkpoint.META_FILE, *[n for n in checkpoint.RUN_FILES if n != checkpoint.META_FILE], checkpoint.OPTIMIZER_PREV_FILE):
         (out_dir / name).unlink(missing_ok=True)
 
 
 def save_epoch(out_dir, config, model, optimizer, meta, row, *, pending=()) -> None:
-    """Optimizer, weights, log, then meta.json last: meta never claims an epoch not on disk.
+    """Log, optimizer, weights, then meta.json last: meta never claims an epoch not on disk.
+
+    The log goes first because a resume continues from the weights' epoch (they may be one ahead of
+    meta.json): a kill after the weights must find their epoch's row already in the log, or the next
+    save would write epochs 1..k-1, k+1. A log row ahead of the weights is harmless: the epoch is
+    trained again and its row replaced.
 
     `pending` are log rows of earlier epochs not yet written (side-by-side training saves the
     weights every so many seconds, not every epoch, but logs every epoch); they go in before `row`.
@@ -106,14 +114,14 @@ def save_epoch(out_dir, config, model, optimizer, meta, row, *, pending=()) -> N
 
     epoch = row["epoch"]
     rows = [*pending, row]
-    checkpoint.save_optimizer(out_dir, optimizer, epoch)
-    checkpoint.save_weights(out_dir, model, epoch)
     log_path = out_dir / checkpoint.LOG_FILE
     # The log of this run's earlier epochs (checked on resume); a first epoch starts a new one.
     first = rows[0]["epoch"]
     log = checkpoint.read_log(out_dir) if first > 1 and log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
     log = pd.concat([log[log["epoch"] < first], pd.DataFrame(rows)], ignore_index=True)
     write_atomic(log_path, lambda p: log.to_csv(p, index=False))
+    checkpoint.save_optimizer(out_dir, optimizer, epoch)
+    checkpoint.save_weights(out_dir, model, epoch)
     meta["epochs_done"] = epoch
     meta["finished"] = epoch == config.epochs
     meta["train_seconds"] = float(log["seconds"].sum())
@@ -121,6 +129,7 @@ def save_epoch(out_dir, config, model, optimizer, meta, row, *, pending=()) -> N
                                            "test_jacobian_norm_normalized", "train_accuracy", "supervised_loss")}
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     checkpoint.save_meta(out_dir, meta)
+    (out_dir / checkpoint.OPTIMIZER_PREV_FILE).unlink(missing_ok=True)
 
 
 def new_meta(config, model: nn.Module) -> dict[str, Any]:

@@ -228,3 +228,33 @@ def test_compiled_training_matches_eager(tmp_path):
     eager = train(base, tmp_path / "eager", show_progress=False)
     compiled = train(dataclasses.replace(base, compile=True), tmp_path / "compiled", show_progress=False)
     assert abs(eager["metrics"]["test_accuracy"] - compiled["metrics"]["test_accuracy"]) < 0.02
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at one point of `save_epoch`: nothing after it runs, nothing cleans up."""
+
+
+@pytest.mark.parametrize("kill_before", ["save_optimizer", "save_weights", "save_meta"])
+def test_a_kill_at_any_point_of_a_save_resumes_to_a_whole_log(tmp_path, monkeypatch, kill_before):
+    """Each step of the epoch-2 save is cut in turn; --resume must give log epochs 1, 2, 3 and the
+    uninterrupted run's weights (the kill -9 test hits these points only by chance)."""
+    config = TrainConfig(model="mlp", epochs=3, lr=0.05, train_subset=300, test_subset=50, norm_samples=5, device="cpu")
+    train(config, tmp_path / "full", show_progress=False)
+    real = getattr(checkpoint, kill_before)
+
+    def cut(run_dir, *args, **kwargs):
+        if (args and isinstance(args[-1], int) and args[-1] == 2) or (args and isinstance(args[0], dict) and args[0].get("epochs_done") == 2):
+            raise _Killed
+        return real(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, kill_before, cut)
+    with pytest.raises(_Killed):
+        train(config, tmp_path / "cut", show_progress=False)
+    monkeypatch.setattr(checkpoint, kill_before, real)
+    train(config, tmp_path / "cut", resume=True, show_progress=False)
+    assert pd.read_csv(tmp_path / "cut" / "log.csv")["epoch"].tolist() == [1, 2, 3]
+    full, _ = checkpoint.read_weights(tmp_path / "full")
+    resumed, epoch = checkpoint.read_weights(tmp_path / "cut")
+    assert epoch == 3
+    for key, value in full.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0)
