@@ -7,6 +7,7 @@ short epsilon grids. It prints the worst case over the attacks per example (the 
 robench stands behind) with the JR-vs-plain difference and its interval. (CW runs up to 5 x 200 Adam
 steps per image and Square up to 1000 forward passes: on 2 CPU cores they set the image counts.)
 Reruns resume: finished checkpoints and CSV rows are reused, so a second `make demo` is quick.
+It ends by writing the HTML report (results/demo-report/report.html) and printing its path.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 DEMO_DIR = Path("checkpoints") / "demo"
 DEMO_CSV = Path("results") / "demo.csv"
+DEMO_REPORT = Path("results") / "demo-report"  # report.html, with the worst-case figure and the trust section
 TRAIN = dict(model="lenet", dataset="mnist", epochs=3, train_subset=10_000, norm_samples=1000, lr=0.05)
 # Short grids (a subset of the shipped ones) keep PGD-40 and CW within the CPU budget.
 # attack -> (epsilon grid, test images)
@@ -38,6 +40,7 @@ def main() -> None:
     from rich.console import Console
 
     from .checks import warnings_for
+    from .report import write_report
     from .evaluate import EvalConfig, evaluate
     from .results import outcomes, read_results
     from .results.compare import compare_models, describe
@@ -73,6 +76,9 @@ def main() -> None:
     for item in found:
         if item["epsilon"] > 0:
             out.print("  " + for_console(describe(item, sources[1].defense, sources[0].defense)))
+    report = write_report([DEMO_CSV], DEMO_REPORT, fmt="html")
+    worst = [f for f in report.files if f.name.startswith("worst_case")]
+    out.print(f"report: {report.files[-1]}" + (f" (worst-case figure: {worst[0]})" if worst else ""))
     out.print(f"demo finished in {time.perf_counter() - started:.0f} s; rows in {DEMO_CSV}")
 
 

@@ -43,6 +43,7 @@ from .devices import configure_tf32, full_fp32
 from .errors import RobenchError
 from .untrusted import for_console
 from .jacobian import input_std, jacobian_norm
+from .model_probes import as_json, probe_model
 from .progress import make_progress
 from .results import JACOBIAN_ATTACK, JACOBIAN_NORMALIZED, ResultsStore, check_writable, eps_key, median_or_inf
 from .settings import EvalConfig  # noqa: F401 - public here too
@@ -132,6 +133,9 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
         "seed": config.seed, "robench_version": __version__, "model_hash": source.model_hash,
         "protocol": PROTOCOL,
     }  # fmt: skip
+    # What AutoAttack checks before attacking (randomness, zero gradients, ...): measured once, kept on
+    # every row this evaluation writes, read by robench.checks.
+    base["model_checks"] = world.on_main(lambda: as_json(probe_model(model, x, y)))
     done = world.on_main(lambda: store.done(source.model_hash, len(y), config.seed, PROTOCOL))
     # The exact ||J|| rows: on all n images, on the first jacobian_n (rows of their own n), or none.
     jn = len(y) if config.jacobian_n is None else min(config.jacobian_n, len(y))

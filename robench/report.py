@@ -422,6 +422,9 @@ def render_markdown(
         lines += headline_table(measured, labels) if measured else []
         lines += ["### Each comparison, with its p-value", ""]
         lines += [f"- {c.line}" for c in compared] + [""]  # labels escaped in `comparisons`
+    from .trust_report import trust_section
+
+    lines += trust_section(rows, labels)
     lines += [
         "## Summary", "",
         "Three narrow tables, so each fits a page. AUC: the mean accuracy over the attack's ε grid "

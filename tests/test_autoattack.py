@@ -63,12 +63,15 @@ def targeted_margin_attack(model, x, y, eps: float, steps: int = 50) -> torch.Te
     return robust
 
 
-def test_autoattack_is_at_least_as_strong_as_pgd_and_an_independent_targeted_attack(tmp_path, jr_lenet):
+@pytest.mark.parametrize("suite", ["autoattack-fast", pytest.param("autoattack", marks=pytest.mark.slow)])
+def test_autoattack_is_at_least_as_strong_as_pgd_and_an_independent_targeted_attack(tmp_path, jr_lenet, suite):
+    """The standard suite (with FAB-T and Square 5000: minutes on 2 CPU cores) in the slow tier, the CPU
+    budget one (APGD-CE, APGD-T, Square 1000) in the default suite."""
     out = tmp_path / "aa.csv"
     source = from_run(jr_lenet)
-    evaluate([source], EvalConfig(attacks="pgd,autoattack", eps=(0.0, 0.1, 0.2), n=N, device="cpu"), out=out,
+    evaluate([source], EvalConfig(attacks=f"pgd,{suite}", eps=(0.0, 0.1, 0.2), n=N, device="cpu"), out=out,
              show_progress=False)  # fmt: skip
-    rows = read_results(out).set_index(["attack", "epsilon"])["accuracy"]
+    rows = read_results(out).set_index(["attack", "epsilon"])["accuracy"].rename(index={suite: "autoattack"}, level=0)
     model = source.model.eval()
     x, y = load_dataset("mnist", "test", subset=N)
     x = to_unit_float(x)
@@ -86,14 +89,14 @@ def test_the_cascade_equals_every_member_on_every_example(tmp_path, trained_run)
     cascade, alone = tmp_path / "cascade.csv", tmp_path / "alone.csv"
     common = ["--n", "100", "--eps", "0,0.05,0.1", "--device", "cpu", "--quiet", "--batch-size", "30"]
     assert invoke("eval", trained_run, "--attack", "autoattack", *common, "--out", cascade).exit_code == 0
-    assert invoke("eval", trained_run, "--attack", "apgd-ce,apgd-t,square", *common, "--out", alone).exit_code == 0
+    assert invoke("eval", trained_run, "--attack", "apgd-ce,apgd-t,fab-t,square", *common, "--out", alone).exit_code == 0
     c, a = outcomes(cascade), outcomes(alone)
     broken_below = np.zeros(100, dtype=bool)  # the cascade's rule: broken at ε stays broken above it
     for eps in (0.0, 0.05, 0.1):
         vec = lambda df, attack: df[(df["attack"] == attack) & np.isclose(df["epsilon"], eps)].sort_values(  # noqa: E731
             "example")["robust"].to_numpy()
         survived = ~broken_below
-        for member in ("apgd-ce", "apgd-t", "square"):
+        for member in ("apgd-ce", "apgd-t", "fab-t", "square"):
             survived &= vec(a, member) >= 1
             np.testing.assert_array_equal(vec(c, f"autoattack.{member}") >= 1, survived)
         np.testing.assert_array_equal(vec(c, "autoattack") >= 1, survived)
@@ -136,6 +139,26 @@ def test_clean_misclassified_examples_count_as_broken(trained_model, mnist_test_
         assert (robust[wrong] == 0).all(), name
 
 
+def test_fab_t_outcomes_do_not_depend_on_batch_composition(trained_model, mnist_test_small):
+    """FAB-T on 40 images in one batch, in batches of 13, and shuffled: the same outcome per example."""
+    from robench.attacks import fixed_eps_accuracy, foolbox_model
+    from robench.data import to_unit_float
+
+    model, _ = trained_model
+    spec = load_specs()["fab-t"]
+    assert spec.per_example and spec.engine == "torchattacks"
+    x, y = to_unit_float(mnist_test_small[0][:40]), mnist_test_small[1][:40]
+    fmodel = foolbox_model(model, "cpu")
+    whole = fixed_eps_accuracy(spec, fmodel, x, y, 0.1, seed=0, indices=torch.arange(40))
+    split = torch.cat([fixed_eps_accuracy(spec, fmodel, x[i : i + 13], y[i : i + 13], 0.1, seed=0,
+                                          indices=torch.arange(i, min(i + 13, 40))) for i in range(0, 40, 13)])  # fmt: skip
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    shuffled = torch.empty(40)
+    shuffled[order] = fixed_eps_accuracy(spec, fmodel, x[order], y[order], 0.1, seed=0, indices=order).float()
+    assert torch.equal(whole.float(), split.float()) and torch.equal(whole.float(), shuffled)
+    assert 0 < whole.float().mean() < 1  # it broke some and not all: the comparison means something
+
+
 def test_attacks_lists_engines_and_bad_specs_get_one_line(tmp_path):
     result = invoke("attacks")
     assert result.exit_code == 0
@@ -163,7 +186,7 @@ def test_attacks_lists_engines_and_bad_specs_get_one_line(tmp_path):
 
 def test_suites_and_the_default_protocol():
     suites = load_suites()
-    assert [m.name for m in suites["autoattack"].members] == ["apgd-ce", "apgd-t", "square"]
+    assert [m.name for m in suites["autoattack"].members] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert {m.norm for m in suites["autoattack-l2"].members} == {"l2"}
     assert [a.name for a in resolve("default")] == ["noise", "fgsm", "pgd", "cw", "autoattack"]
     assert EvalConfig().attacks == "default"

@@ -55,3 +55,6 @@ def test_report_html_renders_in_chromium(trained_run, tmp_path, width):
     report = json.loads(found.group(1))
     assert report["images"] >= 3 and report["broken"] == 0, report
     assert report["scrollWidth"] <= report["innerWidth"] and not report["wide"], report
+    # the trust section renders: its heading, and what robench measured on the model before attacking it
+    assert re.search(r"<h2[^>]*>Can this evaluation be trusted\?</h2>", done.stdout), done.stdout[:3000]
+    assert "deterministic outputs, 0% zero input gradients, logits, 10 classes" in done.stdout

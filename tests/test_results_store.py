@@ -254,3 +254,38 @@ def test_a_corrupt_database_gets_one_line_and_is_left_as_it_was(tmp_path, traine
         lines = result.output.strip().splitlines()
         assert result.exit_code == 1 and len(lines) == 1 and "is not a robench results database" in lines[0], args
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_a_schema_1_database_migrates_and_its_csv_gains_the_model_checks_column(tmp_path, trained_run):
+    """A store written before model_checks (schema 1): opened, migrated, its CSV rewritten with the new column
+    aligned, its rows unchanged; new rows carry what robench measured on the model."""
+    import csv as csv_module
+    import io
+    import sqlite3
+
+    from robench.results import COLUMNS, ResultsStore
+
+    out = tmp_path / "r.csv"
+    assert invoke("eval", str(trained_run), "--attack", "fgsm", "--eps", "0,0.1", "--n", "20", "--device", "cpu",
+                  "--quiet", "--out", str(out)).exit_code == 0  # fmt: skip
+    before = read_results(out)
+    conn = sqlite3.connect(tmp_path / "r.db")
+    conn.execute("ALTER TABLE rows DROP COLUMN model_checks")
+    old_fields = [c for c in COLUMNS if c not in ("outcomes", "model_checks")]
+    for row_id, *values in conn.execute(f"SELECT r.id, {', '.join('r.' + c for c in old_fields)}, "
+                                        "COALESCE(o.count, 0) FROM rows r LEFT JOIN outcomes o ON o.row_id = r.id").fetchall():  # fmt: skip
+        line = io.StringIO()
+        csv_module.writer(line, lineterminator="\n").writerow(values)
+        conn.execute("UPDATE rows SET csv_line = ? WHERE id = ?", (line.getvalue(), row_id))
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with ResultsStore(out):
+        pass
+    after = read_results(out)
+    assert list(after.columns[: len(COLUMNS)]) == COLUMNS and (after["model_checks"] == "").all()
+    pd.testing.assert_frame_equal(after.drop(columns="model_checks"), before.drop(columns="model_checks"))
+    assert invoke("eval", str(trained_run), "--attack", "pgd", "--eps", "0,0.1", "--n", "20", "--device", "cpu",
+                  "--quiet", "--out", str(out)).exit_code == 0  # fmt: skip
+    new = read_results(out)
+    assert new[new["attack"] == "pgd"]["model_checks"].str.contains('"randomized":false').all()

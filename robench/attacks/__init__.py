@@ -31,7 +31,8 @@ except ModuleNotFoundError:  # Python < 3.11
 SPEC_PACKAGE = "robench.attack_specs"
 NORMS = {2.0: "l2", math.inf: "linf"}  # Foolbox LpDistance.p -> our name
 REQUIRED_KEYS = ("name", "description", "params", "norm", "eps")
-OPTIONAL_KEYS = ("repeats", "role", "stronger_than", "engine", "class", "foolbox_class")
+OPTIONAL_KEYS = ("repeats", "role", "stronger_than", "engine", "class", "foolbox_class", "access", "loss")
+ACCESS = ("white-box", "black-box")  # black-box: outputs only (Square), so masked gradients cannot mislead it
 ENGINES = ("foolbox", "torchattacks")
 ROLES = ("adversarial", "baseline")  # baseline: not an adversary (noise); excluded from the worst case
 # Attacks whose outcome couples the examples of one call (CW's abort_early looks at the batch's summed
@@ -195,6 +196,10 @@ def _parse_spec(data: dict, *, stem: str, where: str) -> AttackSpec:
     if kind == "minimization" and repeats != 1:
         raise RobenchError(f"{where}: repeats applies to fixed-eps attacks only")
     role, stronger = _parse_relations(data, where)
+    if data.get("access", "white-box") not in ACCESS:
+        raise RobenchError(f"{where}: access must be one of {', '.join(ACCESS)}, got {data.get('access')!r}")
+    if not isinstance(data.get("loss", ""), str):
+        raise RobenchError(f"{where}: loss must be a string (ce, dlr, ...)")
     return AttackSpec(
         name=stem, description=" ".join(str(data["description"]).split()),
         foolbox_class=class_name, params=dict(data["params"]), norm=data["norm"],
@@ -241,6 +246,13 @@ class Relation:
     role: str = "adversarial"
     stronger_than: tuple[str, ...] = ()
     iterative: bool = False
+    access: str = "white-box"
+    loss: str = ""  # "ce", "dlr", ... where the spec says: the failure checks compare CE and DLR attacks
+
+    @property
+    def uses_gradients(self) -> bool:
+        """An adversarial attack that follows the model's input gradients (not noise, not Square)."""
+        return self.role != "baseline" and self.access == "white-box"
 
 
 def relations(directory: str | Path | None = None) -> dict[str, Relation]:
@@ -262,8 +274,37 @@ def relations(directory: str | Path | None = None) -> dict[str, Relation]:
                 role, stronger = "adversarial", ()
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, RobenchError):
             continue  # load_specs reports broken specs; the checks just know nothing of them
-        out[file.name[: -len(".toml")]] = Relation(role, stronger, _is_iterative(data))
+        access, loss = data.get("access", "white-box"), data.get("loss", "")
+        if access not in ACCESS or not isinstance(loss, str):
+            continue
+        out[file.name[: -len(".toml")]] = Relation(role, stronger, _is_iterative(data), access, loss)
+    suites = _suites_of(root)
+    for name in [n for n in out if n in suites]:
+        members = [out.get(m, Relation()) for m in suites[name]]
+        # A suite reads its gradients from its white-box members; black-box only if all members are.
+        access = "black-box" if members and all(m.access == "black-box" for m in members) else "white-box"
+        out[name] = Relation(out[name].role, (), True, access, "")
     return out
+
+
+def _suites_of(root: Path) -> dict[str, list[str]]:
+    """{suite name: member names} of the spec directory."""
+    found = {}
+    for file in (f for f in root.iterdir() if f.name.endswith(".toml")):
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data.get("suite"), list):
+            found[file.name[: -len(".toml")]] = [str(m) for m in data["suite"]]
+    return found
+
+
+def relation_of(relations: dict[str, Relation], attack: str) -> Relation:
+    """An attack's Relation; a cascade step `<suite>.<member>` is its member's."""
+    if attack not in relations and "." in attack:
+        return relations.get(attack.split(".", 1)[1], Relation())
+    return relations.get(attack, Relation())
 
 
 def per_example_names(directory: str | Path | None = None) -> frozenset[str]:

@@ -1,11 +1,11 @@
-"""The torchattacks engine: APGD-CE, APGD-T and Square (ported by torchattacks from the AutoAttack
+"""The torchattacks engine: APGD-CE, APGD-T, FAB-T and Square (ported by torchattacks from the AutoAttack
 authors' code) as robench attack specs with `engine = "torchattacks"`.
 
 torchattacks builds an attack around a model and reseeds torch's global RNG inside each call. robench
 therefore builds a fresh attack per call, runs it inside `torch.random.fork_rng` (the caller's RNG is
 never touched) and gives each call its own seed. Two kinds of class:
 
-- APGD and APGD-T treat every example on its own except for their random start, drawn for the whole
+- APGD, APGD-T and FAB treat every example on its own except for their random start, drawn for the whole
   batch with `torch.rand`/`torch.randn` in `attack_single_run`. robench wraps that method and, for its
   duration, answers exactly that draw per example, from (seed, example index, draw count): outcomes
   then depend on the example alone, so APGD may run on any subset (the cascade's survivors) in
@@ -28,7 +28,9 @@ from torch import nn
 from ..errors import RobenchError
 
 NORMS = {"Linf": "linf", "L2": "l2"}
-PER_EXAMPLE = ("APGD", "APGDT")  # classes whose only coupling is the random start robench takes over
+# Classes whose only coupling is the random start robench takes over (FAB: only with restarts > 1).
+PER_EXAMPLE = ("APGD", "APGDT", "FAB")
+SINGLE_RUNS = ("attack_single_run", "attack_single_run_targeted")  # where those classes draw their start
 RESERVED = ("model", "eps", "seed", "verbose")  # robench sets these per call
 
 
@@ -124,6 +126,16 @@ def build(spec: Any, model: nn.Module, eps: float, seed: int, num_classes: int) 
     return cls(model, eps=float(eps), **params, **extra)
 
 
+def _drawing_per_example(single_run, prints: _Fingerprints, seed: int, counts: dict):
+    """`single_run` with its batch-wide random start drawn per example (`_per_example_draws`)."""
+
+    def run(x_in, y_in, *args, **kwargs):
+        with _per_example_draws(x_in.shape, prints.lookup(x_in), seed, counts):
+            return single_run(x_in, y_in, *args, **kwargs)
+
+    return run
+
+
 def adversarials(
     spec: Any, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, *, seed: int,
     indices: torch.Tensor,
@@ -134,13 +146,9 @@ def adversarials(
     first = int(indices[0]) if len(indices) else 0
     attack = build(spec, model, eps, (int(seed) * 1_000_003 + first) % (2**31), num_classes)
     if spec.per_example:
-        prints, counts, single_run = _Fingerprints(images, indices), {}, attack.attack_single_run
-
-        def attack_single_run(x_in, y_in, *args, **kwargs):
-            with _per_example_draws(x_in.shape, prints.lookup(x_in), seed, counts):
-                return single_run(x_in, y_in, *args, **kwargs)
-
-        attack.attack_single_run = attack_single_run
+        prints, counts = _Fingerprints(images, indices), {}
+        for name in (n for n in SINGLE_RUNS if hasattr(attack, n)):
+            setattr(attack, name, _drawing_per_example(getattr(attack, name), prints, seed, counts))
     devices = [images.device.index or 0] if images.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         return attack(images, labels).detach()

@@ -35,7 +35,7 @@ from ..errors import RobenchError
 from ..fileio import write_atomic
 from .csvfile import COLUMNS, JACOBIAN_ATTACK, JACOBIAN_ATTACKS, WORST_CASE, complete, eps_key, read_csv
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXPORT_INTERVAL_S = 2.0
 BUSY_TIMEOUT_S = 600.0
 ROW_FIELDS = [c for c in COLUMNS if c != "outcomes"]
@@ -56,6 +56,7 @@ MIGRATIONS = {  # version -> statements; applied in order to bring an older data
             row_id INTEGER PRIMARY KEY REFERENCES rows(id) ON DELETE CASCADE,
             count INTEGER NOT NULL, robust BLOB NOT NULL, distance BLOB, value BLOB)""",
     ],
+    2: ["ALTER TABLE rows ADD COLUMN model_checks TEXT"],  # robench.model_probes; older rows: NULL
 }
 
 
@@ -153,6 +154,10 @@ class ResultsStore:
             for statement in MIGRATIONS[v]:
                 self.conn.execute(statement)
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if 0 < version < SCHEMA_VERSION:  # the stored CSV lines lack the new columns: write them again
+            for group in self.conn.execute("SELECT DISTINCT model_hash, n, seed, protocol FROM rows").fetchall():
+                self._relines(tuple(group))
+            self._dirty = True
 
     def _import_legacy_csv(self) -> None:
         """Once per database: rows of a CSV that predates it (or was copied without it), outcomes none."""
