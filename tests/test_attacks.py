@@ -167,7 +167,7 @@ def test_resolve_attacks():
     assert [s.name for s in resolve_attacks("all")] == sorted(PAPER + NEW)
     assert [s.name for s in resolve_attacks(" pgd, fgsm ,pgd")] == ["pgd", "fgsm"]
     assert [s.name for s in resolve_attacks("pgd,all")] == sorted(PAPER + NEW)
-    with pytest.raises(RobenchError, match=r"unknown attack 'pdg'; choose from apgd-ce, .*cw, ddn, fgsm, noise, pgd, pgd-l2"):
+    with pytest.raises(RobenchError, match=r"unknown attack 'pdg'; choose from apgd-ce, .*cw, ddn, fab-t, fgsm, noise, pgd, pgd-l2"):
         resolve_attacks("pgd,pdg")
     with pytest.raises(RobenchError, match="no attack given"):
         resolve_attacks(" , ")
