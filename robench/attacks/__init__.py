@@ -265,7 +265,7 @@ def relations(directory: str | Path | None = None) -> dict[str, Relation]:
         root = _spec_dir(directory)
     except RobenchError:
         return {}
-    out = {}
+    out, suites = {}, {}
     for file in (f for f in root.iterdir() if f.name.endswith(".toml")):
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -277,27 +277,16 @@ def relations(directory: str | Path | None = None) -> dict[str, Relation]:
         access, loss = data.get("access", "white-box"), data.get("loss", "")
         if access not in ACCESS or not isinstance(loss, str):
             continue
-        out[file.name[: -len(".toml")]] = Relation(role, stronger, _is_iterative(data), access, loss)
-    suites = _suites_of(root)
-    for name in [n for n in out if n in suites]:
-        members = [out.get(m, Relation()) for m in suites[name]]
+        name = file.name[: -len(".toml")]
+        out[name] = Relation(role, stronger, _is_iterative(data), access, loss)
+        if isinstance(data.get("suite"), list):
+            suites[name] = [str(m) for m in data["suite"]]
+    for name, member_names in suites.items():
+        members = [out.get(m, Relation()) for m in member_names]
         # A suite reads its gradients from its white-box members; black-box only if all members are.
         access = "black-box" if members and all(m.access == "black-box" for m in members) else "white-box"
         out[name] = Relation(out[name].role, (), True, access, "")
     return out
-
-
-def _suites_of(root: Path) -> dict[str, list[str]]:
-    """{suite name: member names} of the spec directory."""
-    found = {}
-    for file in (f for f in root.iterdir() if f.name.endswith(".toml")):
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(data.get("suite"), list):
-            found[file.name[: -len(".toml")]] = [str(m) for m in data["suite"]]
-    return found
 
 
 def relation_of(relations: dict[str, Relation], attack: str) -> Relation:
