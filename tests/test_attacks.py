@@ -143,6 +143,8 @@ mnist = [0, 0.1]
         ("steps = 10", "steps = 10\nrandom_start = 1", "parameter 'random_start' must be true or false"),
         ('"LinfPGD"', '"L2AdditiveGaussianNoiseAttack"\nrepeats = 0', "repeats must be a positive"),
         ("[eps]", "[eps", "not valid TOML"),
+        ("[params]", 'access = "grey-box"\n[params]', "access must be one of white-box, black-box"),
+        ("[params]", "loss = 3\n[params]", "loss must be a string"),
     ],
 )
 def test_bad_spec_is_refused_naming_file_and_problem(tmp_path, old, new, message):
