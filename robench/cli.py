@@ -375,17 +375,20 @@ def attacks_command() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .attacks.suites import DEFAULT, resolve
+    from .attacks import load_specs
+    from .attacks.suites import DEFAULT, load_suites
 
     table = Table(title="attacks (files in attacks/); --attack default = " + ",".join(DEFAULT))
     for column in ("name", "engine", "class", "norm", "kind", "spec hash"):
         table.add_column(column)
-    for item in resolve("all"):
+    specs = load_specs()
+    for item in [*specs.values(), *load_suites(specs=specs).values()]:
+        missing = next((m.unavailable for m in getattr(item, "members", (item,)) if m.unavailable), "")
+        kind = "cascade" if item.kind == "suite" else item.kind + (" (baseline)" if item.role == "baseline" else "")
+        kind += " [dim](not installed)[/dim]" if missing else ""
         if item.kind == "suite":
-            table.add_row(item.name, "suite", " > ".join(m.name for m in item.members), item.norm, "cascade",
-                          item.spec_hash)  # fmt: skip
+            table.add_row(item.name, "suite", " > ".join(m.name for m in item.members), item.norm, kind, item.spec_hash)
         else:
-            kind = item.kind + (" (baseline)" if item.role == "baseline" else "")
             table.add_row(item.name, item.engine, item.class_name, item.norm, kind, item.spec_hash)
     Console(width=max(100, Console().width)).print(table)
 

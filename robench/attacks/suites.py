@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RobenchError
-from . import AttackSpec, _parse_grid, _spec_dir, load_specs, tomllib
+from .specs import AttackSpec, _parse_grid, _spec_dir, check_available, load_specs, tomllib
 
 def eps_key(eps: float) -> float:
     """ε as result rows compare it (robench.results.eps_key; not imported: it would load pandas)."""
@@ -152,4 +152,14 @@ def resolve(names: str, directory: str | Path | None = None) -> list[AttackSpec 
     for name in expanded:
         if name not in known:
             raise RobenchError(f"unknown attack {name!r}; choose from {', '.join(known)}, default, all")
-    return [known[name] for name in dict.fromkeys(expanded)]
+    chosen = [known[name] for name in dict.fromkeys(expanded)]
+    if "all" in wanted:  # every attack this environment can run
+        chosen = [c for c in chosen if not any(s.unavailable for s in _members(c))]
+    for item in chosen:
+        for spec in _members(item):
+            check_available(spec)
+    return chosen
+
+
+def _members(item: AttackSpec | Suite) -> tuple[AttackSpec, ...]:
+    return item.members if isinstance(item, Suite) else (item,)

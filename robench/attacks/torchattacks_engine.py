@@ -44,7 +44,7 @@ def _class(name: Any) -> type | None:
 
 def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
     """Validate a torchattacks spec against the class's own signature; returns its kind ("fixed")."""
-    from . import _check_type
+    from .specs import _check_type
 
     cls = _class(name)
     if cls is None:
@@ -65,6 +65,13 @@ def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
     if NORMS[declared] != norm:
         raise RobenchError(f"{where}: norm {norm!r} does not match {name}'s norm {declared!r}")
     return "fixed"
+
+
+def installed() -> bool:
+    """Whether torchattacks can be imported (robench declares it; a user may have removed it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torchattacks") is not None
 
 
 def per_example(name: str) -> bool:
