@@ -180,7 +180,8 @@ def summary_markdown(summary: pd.DataFrame, rows: pd.DataFrame, labels: dict[str
             continue
         body = [[Code(labels[r["model"]]), paper_label(r["defense"])] + [cell(r, c) for c in columns]
                 for r in summary.to_dict("records")]  # fmt: skip
-        lines += [f"**{for_markdown(title)}**", ""] + markdown_table(["model", "defense"] + [_human(c) for c in columns], body)
+        header = ["model", "defense"] + [_human(c) for c in columns]
+        lines += [f"**{for_markdown(title)}**", ""] + markdown_table(header, body)
     return lines
 
 
@@ -188,7 +189,8 @@ def _provenance_lines(rows: pd.DataFrame, labels: dict[str, str], metas: dict[st
     lines = ["## Provenance", ""]
     for (model, model_hash), group in rows.groupby(["model", "model_hash"], sort=False):
         meta = metas.get(model)
-        lines += [f"### {code_span(labels.get(model, model))}", "", f"- path {code_span(model)}, weights sha256 {code_span(model_hash)}"]
+        lines += [f"### {code_span(labels.get(model, model))}", "",
+                  f"- path {code_span(model)}, weights sha256 {code_span(model_hash)}"]  # fmt: skip
         if meta is None:
             lines.append("- training: provenance unavailable (no run directory with meta.json at this path)")
         else:
@@ -220,8 +222,8 @@ def _band_notes(rows: pd.DataFrame, metas: dict[str, dict | None]) -> list[str]:
         keys = sorted({k for c in configs for k in c} - set(CONFIG_IGNORED))
         differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
         if differ:
-            notes.append(f"- Models labelled {code_span(defense)} differ in more than their seed ({for_markdown(', '.join(differ))}): "
-                         "their band mixes training recipes.")  # fmt: skip
+            notes.append(f"- Models labelled {code_span(defense)} differ in more than their seed "
+                         f"({for_markdown(', '.join(differ))}): their band mixes training recipes.")  # fmt: skip
     return (["## Notes", ""] + notes + [""]) if notes else []
 
 

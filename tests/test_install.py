@@ -108,8 +108,9 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_robench(user_venv, tmp_pa
 
     check = _run([str(python), "-m", "pip", "check"], env, work)
     assert check.returncode == 0, check.stdout + check.stderr
-    found = _run([str(python), "-c", "import importlib.metadata as m, robench\nprint(robench.__file__)\n"
-                  "try: print(m.version('requests'))\nexcept m.PackageNotFoundError: print('absent')"], env, work)  # fmt: skip
+    probe = ("import importlib.metadata as m, robench\nprint(robench.__file__)\n"
+             "try: print(m.version('requests'))\nexcept m.PackageNotFoundError: print('absent')")
+    found = _run([str(python), "-c", probe], env, work)
     assert found.returncode == 0, found.stderr
     where, requests = found.stdout.split()
     assert Path(where).is_relative_to(user_venv), f"robench imported from {where}, not the new venv"
