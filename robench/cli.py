@@ -310,6 +310,14 @@ def _number(value, digits: int = 3) -> str:
               help="TF32 matmuls and convolutions on CUDA (--no-tf32: full fp32).")
 @click.option("--jacobian-n", type=int, default=None,
               help="Images for the exact ||J||_F rows (default: all --n; 0 skips them; they cost C backward passes per image).")
+@click.option("--eot", type=int, default=None,
+              help="Gradient samples averaged per attack step (EOT). Default: 20 when the model's outputs are "
+                   "random (AutoAttack's rand version), else 1. A randomized model's adversarials are re-checked "
+                   "by the majority of max(EOT, 20) passes.")
+@click.option("--surrogate", default=None, metavar="RUN_OR_ARCH:WEIGHTS",
+              help="Craft the gradient attacks on this model (a run directory, or ARCH:WEIGHTS) and transfer "
+                   "them; each adversarial is re-checked on the evaluated model. For models whose gradients are "
+                   "missing (non-differentiable preprocessing).")
 @click.option("--out", type=click.Path(), default=None, help="Results CSV (default results/<dataset>.csv).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, weights: str | None,

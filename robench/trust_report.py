@@ -54,8 +54,10 @@ def trust_section(rows: pd.DataFrame, labels: dict[str, str]) -> list[str]:
     """Markdown lines of the section, for the rows the report shows."""
     lines = ["## Can this evaluation be trusted?", "",
              "AutoAttack's checks (Croce & Hein 2020: randomness, zero gradients, probabilities for logits, class "
-             "count, autograd inside the forward pass, a black-box attack breaking what the gradient attacks left) "
-             "and robench's honesty checks, on every row. A flagged number can be too high (a robust accuracy is an "
+             "count, autograd inside the forward pass, a black-box attack breaking what the gradient attacks left), "
+             "the indicators of attack failure read from each gradient attack's own path (Pintor et al. 2022: silent "
+             "success, unavailable gradients, incomplete optimization, non-convergence) and robench's honesty "
+             "checks, on every row. A flagged number can be too high (a robust accuracy is an "
              "upper bound that only a strong attack makes tight): read the flag before the number.", ""]  # fmt: skip
     flagged, probed = [], []
     for model, group in rows.groupby("model", sort=False):

@@ -21,6 +21,33 @@ def _foolbox_class(name: str) -> type | None:
     return cls if isinstance(cls, type) else None
 
 
+def supports_eot(class_name: str) -> bool:
+    """Foolbox's gradient-descent attacks (FGSM, PGD) take their gradients through `value_and_grad`,
+    which `average_gradients` replaces."""
+    from foolbox.attacks.gradient_descent_base import L2BaseGradientDescent, LinfBaseGradientDescent
+
+    cls = _foolbox_class(class_name)
+    return cls is not None and issubclass(cls, (LinfBaseGradientDescent, L2BaseGradientDescent))
+
+
+def average_gradients(attack: Any, samples: int) -> None:
+    """Expectation over Transformation (Athalye et al. 2018): every gradient step of this attack instance
+    averages `samples` draws of the loss and its input gradient (a randomized model gives a new draw per
+    forward pass), as AutoAttack's `rand` version does with 20."""
+    if samples <= 1:
+        return
+    single = attack.value_and_grad
+
+    def averaged(loss_fn: Any, x: Any) -> Any:
+        total_loss, total_grad = single(loss_fn, x)
+        for _ in range(samples - 1):
+            loss, grad = single(loss_fn, x)
+            total_loss, total_grad = total_loss + loss, total_grad + grad
+        return total_loss / samples, total_grad / samples
+
+    attack.value_and_grad = averaged
+
+
 def _per_example_class(class_name: str) -> bool:
     """Gradient-descent (FGSM, PGD) and additive-noise attacks treat each example on its own; robench
     gives them per-example random draws (`per_example_randomness`). Everything else runs in CHUNKs."""

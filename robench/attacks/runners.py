@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from ..errors import RobenchError
-from .foolbox_engine import _seeded, _torch_module
+from .failure import PathTracer, merge
+from .foolbox_engine import _seeded, _torch_module, average_gradients, foolbox_model
 from .specs import AttackSpec
 from .verify import _clean_correct, verify_adversarials
 
@@ -35,54 +37,97 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one fixed-ε attack call gives: per-example accuracy (float (N,) on CPU, 1.0 robust, 0.0 broken)
+    and, for traced attacks, the indicators of attack failure of the call (`robench.attacks.failure`)."""
+
+    robust: torch.Tensor
+    failure: dict = field(default_factory=dict)
+
+
 def fixed_eps_accuracy(
     spec: AttackSpec, fmodel: Any, images: torch.Tensor, labels: torch.Tensor, eps: float, *, seed: int,
-    indices: torch.Tensor | None = None,
+    indices: torch.Tensor | None = None, surrogate: Any = None,
 ) -> torch.Tensor:  # fmt: skip
     """Per-example accuracy under a fixed-ε attack at one ε: float (N,) on CPU, 1.0 robust, 0.0 broken.
 
     With repeats > 1 it is the mean over independent draws (expected accuracy under noise, not the
     worst case). Examples misclassified on clean input are always 0.0 (Foolbox's convention, enforced
     here because noise can repair a misclassified digit), and ε = 0 is exactly clean correctness.
-    Foolbox's success flag is not used: every returned image is re-checked (`verify_adversarials`).
+    Foolbox's success flag is not used: every returned image is re-checked (`verify_adversarials`), by
+    the majority of `spec.votes` forward passes for a randomized model.
 
     Args:
-        spec: a spec of kind "fixed".
+        spec: a spec of kind "fixed" (or its `variant` with EOT, votes, a surrogate).
         fmodel: from `foolbox_model`.
         images: float images in [0, 1] on fmodel.device; labels: int64 on the same device.
         eps: the perturbation size, in the spec's norm.
         seed: with `indices`, seeds each example's random start and noise (see `example_generators`).
         indices: the examples' indices in the test set (default 0..N-1); outcomes depend on
             (seed, index) only, never on which examples share the call.
+        surrogate: a Foolbox model whose gradients a gradient attack follows instead of fmodel's (a
+            transfer attack); every adversarial is still re-checked on fmodel.
     """
+    return fixed_eps_outcomes(spec, fmodel, images, labels, eps, seed=seed, indices=indices, surrogate=surrogate).robust
+
+
+def fixed_eps_outcomes(
+    spec: AttackSpec, fmodel: Any, images: torch.Tensor, labels: torch.Tensor, eps: float, *, seed: int,
+    indices: torch.Tensor | None = None, surrogate: Any = None,
+) -> Outcome:  # fmt: skip
+    """`fixed_eps_accuracy` with the indicators of attack failure of traced attacks (`AttackSpec.traced`)."""
     if spec.kind != "fixed":
         raise RobenchError(f"attack {spec.name!r} is a {spec.kind} attack, not a fixed-eps one")
     if not math.isfinite(eps) or eps < 0:
         raise RobenchError(f"eps must be finite and >= 0, got {eps}")
-    correct = _clean_correct(fmodel, images, labels)
-    if eps == 0 or len(labels) == 0:
-        return correct.float().cpu()
-    robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
-    module = _torch_module(fmodel)
-    if indices is None:
-        indices = torch.arange(len(labels))
+    with _model_randomness(spec, seed, indices):
+        correct = _clean_correct(fmodel, images, labels, spec.votes)
+        if eps == 0 or len(labels) == 0:
+            return Outcome(correct.float().cpu())
+        indices = torch.arange(len(labels)) if indices is None else indices
+        attacked = _torch_module(surrogate if surrogate is not None and spec.uses_gradients else fmodel)
+        robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
+        failures = []
+        with frozen_parameters(attacked), torch.enable_grad():
+            for _ in range(spec.repeats):
+                tracer = PathTracer(attacked, images, labels, eps, spec.norm) if spec.traced else None
+                advs = _adversarials(spec, tracer or attacked, images, labels, float(eps), seed, indices, tracer)
+                broken = verify_adversarials(fmodel, images, advs, labels, float(eps), spec.norm, votes=spec.votes)
+                if tracer is not None:
+                    on_path = tracer.found & verify_adversarials(fmodel, images, tracer.adversarial, labels, float(eps),
+                                                                 spec.norm, votes=spec.votes)  # fmt: skip
+                    failures.append(tracer.indicators(correct, broken & correct, on_path & correct))
+                    broken |= on_path
+                robust += (correct & ~broken).float()
+    return Outcome((robust / spec.repeats).cpu(), merge(failures))
+
+
+def _adversarials(spec, model, images, labels, eps, seed, indices, tracer) -> torch.Tensor:
+    """The images the spec's engine returns for one call (unchecked)."""
     if spec.engine == "torchattacks":
         from .torchattacks_engine import adversarials
 
-        with frozen_parameters(module), torch.enable_grad():
-            for _ in range(spec.repeats):
-                advs = adversarials(spec, module, images, labels, float(eps), seed=seed, indices=indices)
-                broken = verify_adversarials(fmodel, images, advs, labels, float(eps), spec.norm)
-                robust += (correct & ~broken).float()
-        return (robust / spec.repeats).cpu()
+        return adversarials(spec, model, images, labels, eps, seed=seed, indices=indices, tracer=tracer)
     attack = spec.build()
-    with _seeded(spec, attack, seed, indices, len(labels)), frozen_parameters(module), \
-            torch.enable_grad():  # fmt: skip
-        for _ in range(spec.repeats):
-            _, clipped, _ = attack(fmodel, images, labels, epsilons=float(eps))
-            broken = verify_adversarials(fmodel, images, clipped.detach(), labels, float(eps), spec.norm)
-            robust += (correct & ~broken).float()
-    return (robust / spec.repeats).cpu()
+    average_gradients(attack, spec.eot)
+    with _seeded(spec, attack, seed, indices, len(labels)):
+        _, clipped, _ = attack(foolbox_model(model, images.device), images, labels, epsilons=eps)
+    return clipped.detach()
+
+
+@contextlib.contextmanager
+def _model_randomness(spec: AttackSpec, seed: int, indices: torch.Tensor | None):
+    """For a randomized model (re-checked by majority), its draws come from torch's RNG forked and seeded
+    from (seed, first index): a rerun gives the same numbers and the caller's RNG is untouched."""
+    if spec.votes <= 1:
+        yield
+        return
+    first = int(indices[0]) if indices is not None and len(indices) else 0
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((int(seed) * 1_000_033 + first) % (2**63))
+        yield
 
 
 def minimal_distances(
@@ -102,7 +147,7 @@ def minimal_distances(
     """
     if spec.kind != "minimization":
         raise RobenchError(f"attack {spec.name!r} is a {spec.kind} attack, not a minimization one")
-    correct = _clean_correct(fmodel, images, labels)
+    correct = _clean_correct(fmodel, images, labels, spec.votes)
     if len(labels) == 0:
         return torch.zeros(0, dtype=torch.float64)
     attack = spec.build()
@@ -110,7 +155,7 @@ def minimal_distances(
             torch.enable_grad():  # fmt: skip
         advs, _, _ = attack(fmodel, images, labels, epsilons=None)
     advs = advs.detach()
-    fooled = verify_adversarials(fmodel, images, advs, labels, None, spec.norm)
+    fooled = verify_adversarials(fmodel, images, advs, labels, None, spec.norm, votes=spec.votes)
     # CW's "nothing found" marker (its tanh parametrization never yields an exactly all-zero image).
     blank = (advs.flatten(1) == 0).all(1) & (images.flatten(1) != 0).any(1)
     delta = (advs.double() - images.double()).flatten(1)

@@ -81,6 +81,30 @@ class AttackSpec:
     access: str = "white-box"
     loss: str = ""
     unavailable: str = ""  # why it cannot run here (its engine is not installed); "" when it can
+    eot: int = 1  # gradient samples averaged per step (EOT), set per evaluation (`variant`)
+    votes: int = 1  # forward passes whose majority decides the re-check, set per evaluation
+    surrogate: str = ""  # model_hash of the model the gradient steps are taken on, set per evaluation
+
+    @property
+    def uses_gradients(self) -> bool:
+        """An adversarial attack that follows the model's input gradients (not noise, not Square)."""
+        return self.role != "baseline" and self.access == "white-box"
+
+    @property
+    def traced(self) -> bool:
+        """Its path is recorded for the indicators of attack failure (`robench.attacks.failure`): an
+        iterative fixed-ε gradient attack on a classification loss (PGD, APGD). It then returns the first
+        adversarial its path met when its own return is not one."""
+        return self.kind == "fixed" and self.uses_gradients and self.iterative and self.loss in ("ce", "dlr")
+
+    def variant(self, *, eot: int = 1, votes: int = 1, surrogate: str = "") -> "AttackSpec":
+        """This spec as one evaluation runs it: EOT (where the engine can average gradients), a majority
+        re-check, gradient steps on a surrogate model. Each changes `spec_hash`: rows never mix."""
+        from dataclasses import replace
+
+        gradients = self.uses_gradients and self.kind == "fixed"
+        return replace(self, eot=eot if gradients and _supports_eot(self) else 1, votes=votes,
+                       surrogate=surrogate if gradients else "")  # fmt: skip
 
     @property
     def class_name(self) -> str:
@@ -90,9 +114,14 @@ class AttackSpec:
     @property
     def params_json(self) -> str:
         """Canonical JSON of everything that changes the attack's numbers (not name or grids)."""
-        payload = {"class": self.foolbox_class, "params": self.params, "repeats": self.repeats}
+        payload: dict[str, Any] = {"class": self.foolbox_class, "params": self.params, "repeats": self.repeats}
         if self.engine != "foolbox":  # Foolbox specs keep the hashes they had before engines existed
             payload["engine"] = self.engine
+        if self.traced:  # returns the first adversarial on its path where its own return is not one
+            payload["path"] = "adversarial-on-path"
+        for key, value, default in (("eot", self.eot, 1), ("votes", self.votes, 1), ("surrogate", self.surrogate, "")):
+            if value != default:
+                payload[key] = value
         return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -116,6 +145,16 @@ class AttackSpec:
         from .foolbox_engine import _foolbox_class
 
         return _foolbox_class(self.foolbox_class)(**self.params)
+
+
+def _supports_eot(spec: AttackSpec) -> bool:
+    """Whether the engine can average gradient samples for this attack (Foolbox's PGD family; torchattacks
+    classes with an `eot_iter` parameter: APGD, APGD-T)."""
+    if spec.engine == "torchattacks":
+        from .torchattacks_engine import supports_eot
+    else:
+        from .foolbox_engine import supports_eot
+    return supports_eot(spec.class_name)
 
 
 def _spec_dir(directory: str | Path | None) -> Path | Any:
