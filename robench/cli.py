@@ -393,7 +393,7 @@ def attacks_command() -> None:
     for item in [*specs.values(), *load_suites(specs=specs).values()]:
         missing = next((m.unavailable for m in getattr(item, "members", (item,)) if m.unavailable), "")
         kind = "cascade" if item.kind == "suite" else item.kind + (" (baseline)" if item.role == "baseline" else "")
-        kind += " [dim](not installed)[/dim]" if missing else ""
+        kind = "[yellow]not installed[/yellow]" if missing else kind
         if item.kind == "suite":
             table.add_row(item.name, "suite", " > ".join(m.name for m in item.members), item.norm, kind, item.spec_hash)
         else:

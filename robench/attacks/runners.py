@@ -89,10 +89,14 @@ def fixed_eps_outcomes(
         attacked = _torch_module(surrogate if surrogate is not None and spec.uses_gradients else fmodel)
         robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
         failures = []
-        with frozen_parameters(attacked), torch.enable_grad():
+        attack = spec.build() if spec.engine == "foolbox" else None  # one instance: its repeats draw anew
+        if attack is not None:
+            average_gradients(attack, spec.eot)
+        seeded = _seeded(spec, attack, seed, indices, len(labels)) if attack is not None else contextlib.nullcontext()
+        with seeded, frozen_parameters(attacked), torch.enable_grad():
             for _ in range(spec.repeats):
                 tracer = PathTracer(attacked, images, labels, eps, spec.norm) if spec.traced else None
-                advs = _adversarials(spec, tracer or attacked, images, labels, float(eps), seed, indices, tracer)
+                advs = _adversarials(spec, attack, tracer or attacked, images, labels, float(eps), seed, indices, tracer)
                 broken = verify_adversarials(fmodel, images, advs, labels, float(eps), spec.norm, votes=spec.votes)
                 if tracer is not None:
                     on_path = tracer.found & verify_adversarials(fmodel, images, tracer.adversarial, labels, float(eps),
@@ -103,16 +107,14 @@ def fixed_eps_outcomes(
     return Outcome((robust / spec.repeats).cpu(), merge(failures))
 
 
-def _adversarials(spec, model, images, labels, eps, seed, indices, tracer) -> torch.Tensor:
-    """The images the spec's engine returns for one call (unchecked)."""
+def _adversarials(spec, attack, model, images, labels, eps, seed, indices, tracer) -> torch.Tensor:
+    """The images the spec's engine returns for one call (unchecked): a Foolbox `attack` instance (seeded
+    by the caller), or a fresh torchattacks one."""
     if spec.engine == "torchattacks":
         from .torchattacks_engine import adversarials
 
         return adversarials(spec, model, images, labels, eps, seed=seed, indices=indices, tracer=tracer)
-    attack = spec.build()
-    average_gradients(attack, spec.eot)
-    with _seeded(spec, attack, seed, indices, len(labels)):
-        _, clipped, _ = attack(foolbox_model(model, images.device), images, labels, epsilons=eps)
+    _, clipped, _ = attack(foolbox_model(model, images.device), images, labels, epsilons=eps)
     return clipped.detach()
 
 
