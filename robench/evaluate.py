@@ -31,7 +31,7 @@ import torch
 
 from . import __version__, distributed
 from .attacks import CHUNK, PROTOCOL, AttackSpec, foolbox_model, minimal_distances
-from .attacks.failure import as_json as failure_json, merge as merge_failures
+from .attacks.failure import as_json as failure_json, merge as merge_failures, per_row
 from .attacks.runners import Outcome, fixed_eps_outcomes
 from .attacks.suites import Suite, resolve
 from .data import load_dataset, to_unit_float
@@ -291,7 +291,7 @@ def _run_fixed(spec: AttackSpec, step: Step, todo: list[float], spec_base: dict)
 def _fixed_row(robust: torch.Tensor, eps: float, spec_base: dict, failures: list[dict] = ()) -> dict:
     robust = robust.numpy()
     return {**spec_base, "epsilon": eps, "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust,
-            "attack_failure": failure_json(merge_failures(list(failures)))}  # fmt: skip
+            "attack_failure": failure_json(per_row(merge_failures(list(failures)), len(robust)))}  # fmt: skip
 
 
 def _run_minimization(spec: AttackSpec, step: Step, todo: list[float], spec_base: dict) -> None:
@@ -373,7 +373,7 @@ def _suite_rows(suite: Suite, parts: list, eps: float, grid: list[float], spec_b
     for member, robust, failure in zip(suite.members, per_member, failures):
         rows.append({**base, "attack": suite.member_row_name(member), "attack_params": suite.member_params(member, eps, grid),
                      "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust,
-                     "attack_failure": failure_json(failure)})  # fmt: skip
+                     "attack_failure": failure_json(per_row(failure, len(robust)))})  # fmt: skip
     rows.append({**base, "attack_params": suite.row_params(eps, grid), "accuracy": float(per_member[-1].mean()),
                  "timestamp": _now(), "_robust": per_member[-1]})  # fmt: skip
     return rows

@@ -144,17 +144,17 @@ def _attack_failure(rows: pd.DataFrame, tol: float, relations: dict) -> Findings
 
 _FAILURE_FLAGS = {
     "silent_success": lambda share, n: ("silent_success", (
-        f"on {share:.1%} of {n} attacked examples the attack passed an adversarial point and returned one that is "
+        f"on {share:.1%} of the {n} examples the attack passed an adversarial point and returned one that is "
         "not (robench counted the point it passed): its step size or schedule is off, so it may also have walked "
         "past adversarials it never evaluated")),
     "unavailable_gradients": lambda share, n: ("unavailable_gradients", (
-        f"the input gradient at the attack's first point was exactly zero on {share:.1%} of {n} attacked "
+        f"the input gradient at the attack's first point was exactly zero on {share:.1%} of the {n} "
         "examples: the attack could not move them, so this accuracy can be too high")),
     "incomplete": lambda share, n: ("incomplete_optimization", (
-        f"on {share:.1%} of {n} attacked examples the attack was still gaining at its last steps: more steps "
+        f"on {share:.1%} of the {n} examples the attack was still gaining at its last steps: more steps "
         "would likely break more, so this accuracy can be too high")),
     "non_converging": lambda share, n: ("non_converging", (
-        f"on {share:.1%} of {n} attacked examples the attack's loss kept climbing back over its second half: "
+        f"on {share:.1%} of the {n} examples the attack's loss kept climbing back over its second half: "
         "the steps are too large to settle, so this accuracy can be too high")),
 }
 

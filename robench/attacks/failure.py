@@ -20,7 +20,8 @@ gradient at its first point is exactly zero. From those, per example attacked (c
   al. measure the spread across restarts; robench's attacks run one start, so the spread along the
   single path stands in for it.
 
-Each is stored per row as the share of the attacked examples (`attack_failure`, JSON) and flagged by
+Each is stored per row as a share of the row's n images (`attack_failure`, JSON: points of robust
+accuracy at stake; `attacked` says how many examples the attack ran on) and flagged by
 `robench.checks` above FLAG_SHARE. Thresholds were set on the demo's LeNet' models so that the shipped
 PGD-40 fires none while PGD with 2 steps (incomplete) and with a 100x step (silent success,
 non-convergence) fire (tests/test_failure.py).
@@ -166,6 +167,16 @@ def merge(parts: list[dict]) -> dict:
     if not n:
         return {}
     return {"n": n, **{k: round(sum(p[k] * p["n"] for p in parts) / n, 6) for k in INDICATORS}}
+
+
+def per_row(found: dict, total: int) -> dict:
+    """A call's indicators (shares of the examples it attacked) as shares of a row's `total` images: the
+    points of robust accuracy at stake, comparable between a cascade step that ran on 3 survivors and PGD
+    on all of them. `attacked` keeps how many the attack ran on."""
+    if not found or not total:
+        return {}
+    return {"attacked": found["n"], "n": int(total),
+            **{k: round(found[k] * found["n"] / total, 6) for k in INDICATORS}}
 
 
 def as_json(found: dict) -> str:

@@ -181,8 +181,17 @@ def _seeded(spec: AttackSpec, attack: Any, seed: int, indices: torch.Tensor | No
         _ExampleRandom(seed, indices, count).install(attack)
         yield
         return
+    with forked_rng(seed, indices, 1_000_003):
+        yield
+
+
+@contextlib.contextmanager
+def forked_rng(seed: int, indices: torch.Tensor | None, multiplier: int):
+    """torch's global RNG (CPU and the current GPU) forked for the block and seeded from (seed, first index):
+    the block's draws repeat on a rerun, and the caller's RNG is untouched. `multiplier` keeps streams of
+    different uses apart."""
     first = int(indices[0]) if indices is not None and len(indices) else 0
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed((int(seed) * 1_000_003 + first) % (2**63))
+        torch.manual_seed((int(seed) * multiplier + first) % (2**63))
         yield

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import RobenchError
 from .failure import PathTracer, merge
-from .foolbox_engine import _seeded, _torch_module, average_gradients, foolbox_model
+from .foolbox_engine import _seeded, _torch_module, average_gradients, foolbox_model, forked_rng
 from .specs import AttackSpec
 from .verify import _clean_correct, verify_adversarials
 
@@ -125,10 +125,7 @@ def _model_randomness(spec: AttackSpec, seed: int, indices: torch.Tensor | None)
     if spec.votes <= 1:
         yield
         return
-    first = int(indices[0]) if indices is not None and len(indices) else 0
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed((int(seed) * 1_000_033 + first) % (2**63))
+    with forked_rng(seed, indices, 1_000_033):
         yield
 
 
