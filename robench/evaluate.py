@@ -21,29 +21,25 @@ import contextlib
 import os
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import __version__, distributed
-from .attacks import (
-    CHUNK,
-    PROTOCOL,
-    AttackSpec,
-    fixed_eps_accuracy,
-    foolbox_model,
-    minimal_distances,
-)
+from .attacks import CHUNK, PROTOCOL, AttackSpec, foolbox_model, minimal_distances
+from .attacks.failure import as_json as failure_json, merge as merge_failures, per_row
+from .attacks.runners import Outcome, fixed_eps_outcomes
 from .attacks.suites import Suite, resolve
 from .data import load_dataset, to_unit_float
 from .devices import configure_tf32, full_fp32
 from .errors import RobenchError
 from .untrusted import for_console
 from .jacobian import input_std, jacobian_norm
-from .model_probes import as_json, probe_model
+from .model_probes import as_json, from_json, probe_model
 from .progress import make_progress
 from .results import JACOBIAN_ATTACK, JACOBIAN_NORMALIZED, ResultsStore, check_writable, eps_key, median_or_inf
 from .settings import EvalConfig  # noqa: F401 - public here too
@@ -76,6 +72,7 @@ def evaluate(
     *,
     out: str | Path | None = None,
     show_progress: bool = True,
+    surrogate: ModelSource | None = None,
 ) -> pd.DataFrame:
     """Evaluate every model against every attack; returns the rows of these models (old and new).
 
@@ -89,11 +86,13 @@ def evaluate(
         config: what to evaluate and how.
         out: the results CSV (default: results/<dataset>.csv per model); its database is beside it.
         show_progress: draw a progress bar (rank 0 only).
+        surrogate: the model whose gradients the gradient attacks follow (default: `config.surrogate`
+            opened, if given); a transfer attack, re-checked on each evaluated model.
     """
     config.validate()
     configure_tf32(config.tf32)
     with distributed.session(config.device) as world:
-        specs, plans = world.agree(lambda: _plan(sources, config, out, world))
+        specs, plans, surrogate = world.agree(lambda: _plan(sources, config, out, world, surrogate))
         frames = []
         with make_progress(disable=not (show_progress and world.is_main)) as progress, \
                 contextlib.ExitStack() as stack:  # fmt: skip
@@ -101,30 +100,91 @@ def evaluate(
             for source, path, grids in plans:
                 if world.is_main and path not in stores:
                     stores[path] = stack.enter_context(ResultsStore(path))
-                frames.append(_evaluate_model(source, specs, grids, config, stores.get(path), world, progress))
+                frames.append(_evaluate_model(source, specs, grids, config, stores.get(path), world, progress, surrogate))
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _plan(sources, config: EvalConfig, out, world: distributed.World):
-    """Attack specs and (source, CSV path, eps grids) per model; rank 0 alone probes the paths."""
+def _plan(sources, config: EvalConfig, out, world: distributed.World, surrogate: ModelSource | None):
+    """Attack specs, (source, CSV path, eps grids) per model, and the surrogate; rank 0 alone probes the paths."""
     specs = resolve(config.attacks)
     plans = []
     for source in sources() if callable(sources) else sources:
         path = Path(out or default_out(source.dataset))
         check_classes(source, root=config.data_root)
+        if surrogate is None and config.surrogate:
+            surrogate = open_surrogate(config.surrogate, source.dataset)
+        if surrogate is not None and surrogate.dataset != source.dataset:
+            raise RobenchError(f"--surrogate is a {surrogate.dataset} model; {source.name} is a {source.dataset} model")
         if world.is_main:
             check_writable(path)
         grids = {spec.name: _grid(spec, config, source.dataset) for spec in specs}
         plans.append((source, path, grids))
-    return specs, plans
+    return specs, plans, surrogate
+
+
+def open_surrogate(text: str, dataset: str) -> ModelSource:
+    """`--surrogate`: a robench run directory, or ARCH:WEIGHTS (an architecture robench knows and a
+    safetensors or state-dict file) for `dataset`."""
+    if Path(text).is_dir():
+        return from_run(text)
+    arch, sep, weights = text.partition(":")
+    if not sep or not arch or not weights:
+        raise RobenchError(f"--surrogate {text!r} is neither a run directory nor ARCH:WEIGHTS")
+    return from_weights(arch, weights, dataset)
 
 
 def _grid(spec: AttackSpec, config: EvalConfig, dataset: str) -> list[float]:
     return sorted(set(config.eps)) if config.eps is not None else list(spec.default_eps(dataset))
 
 
-def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.DataFrame:
+EOT_DEFAULT = 20  # gradient samples and re-check passes on a randomized model, as AutoAttack's `rand` version
+
+
+@dataclass(frozen=True)
+class Step:
+    """What evaluating one attack spec on one model may touch: the model (and the surrogate whose
+    gradients gradient attacks follow), the images and this rank's shard of them, the run's settings,
+    where finished rows go, and the progress bar."""
+
+    fmodel: Any
+    x: torch.Tensor
+    y: torch.Tensor
+    shard: tuple[int, int]
+    config: EvalConfig
+    store: Any
+    world: distributed.World
+    progress: Any
+    task: Any
+    surrogate: Any = None
+
+    def fixed(self, spec: AttackSpec, idx: torch.Tensor, eps: float) -> Outcome:
+        """The spec at ε on the test images `idx` (indices into the first N)."""
+        where = idx.to(self.x.device)
+        return fixed_eps_outcomes(spec, self.fmodel, self.x[where], self.y[where], eps, seed=self.config.seed,
+                                  indices=idx, surrogate=self.surrogate)  # fmt: skip
+
+    def distances(self, spec: AttackSpec, start: int, stop: int) -> torch.Tensor:
+        return minimal_distances(spec, self.fmodel, self.x[start:stop], self.y[start:stop], seed=self.config.seed,
+                                 indices=torch.arange(start, stop))  # fmt: skip
+
+
+def _variant(spec, config: EvalConfig, eot: int, votes: int, surrogate: str):
+    """The spec (or suite) as this evaluation runs it; each setting is part of its rows' identity. A
+    suite's own EOT (`autoattack-rand`: 20) applies unless --eot says otherwise."""
+    if isinstance(spec, Suite) and spec.eot and config.eot is None:
+        eot = spec.eot
+    return spec.variant(eot=eot, votes=votes, surrogate=surrogate)
+
+
+def _randomness(config: EvalConfig, checks_json: str) -> tuple[int, int]:
+    """(EOT samples, re-check votes) for this model: --eot, else 20 when the model's outputs are random."""
+    randomized = bool((from_json(checks_json) or {}).get("randomized"))
+    eot = config.eot if config.eot is not None else (EOT_DEFAULT if randomized else 1)
+    return eot, max(eot, EOT_DEFAULT) if randomized else 1
+
+
+def _evaluate_model(source, specs, grids, config, store, world, progress, surrogate=None) -> pd.DataFrame:
     """All rows of one model: the clean/||J|| row on rank 0, then every attack on every rank's shard."""
     x, y, shard = world.agree(lambda: _load_test_set(source, config, world))
     model = source.model.to(world.device).eval()
@@ -145,8 +205,11 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
     if missing:  # on rank 0 alone: the same values as a single process
         world.on_main(lambda: store.add(_clean_rows(model, x[:jn], y[:jn], {**base, "n": jn}, missing)))
     fmodel = foolbox_model(model, world.device)
+    eot, votes = _randomness(config, base["model_checks"])
+    surrogate_fmodel = None if surrogate is None else foolbox_model(surrogate.model.to(world.device).eval(), world.device)
     for spec in specs:
         grid = grids[spec.name]
+        spec = _variant(spec, config, eot, votes, surrogate.model_hash if surrogate is not None else "")
         todo = [e for e in grid if (spec.name, _row_hash(spec, e, grid), eps_key(e)) not in done]
         if not todo:
             continue
@@ -154,8 +217,8 @@ def _evaluate_model(source, specs, grids, config, store, world, progress) -> pd.
                      "attack_params": spec.params_json}  # fmt: skip
         size = shard[1] - shard[0]
         task = progress.add_task(for_console(f"{Path(source.name).name}: {spec.name}"), total=max(1, len(todo) * size), status="")
-        run = {"minimization": _run_minimization, "fixed": _run_fixed, "suite": _run_suite}[spec.kind]
-        run(spec, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task)
+        step = Step(fmodel, x, y, shard, config, store, world, progress, task, surrogate_fmodel)
+        {"minimization": _run_minimization, "fixed": _run_fixed, "suite": _run_suite}[spec.kind](spec, step, todo, spec_base)
     return store.table([source.model_hash]) if world.is_main else pd.DataFrame()
 
 
@@ -211,99 +274,106 @@ def _batches(spec: AttackSpec, shard: tuple[int, int], batch_size: int):
     return [(start, min(start + step, hi)) for start in range(lo, hi, step)]
 
 
-def _run_fixed(spec, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task) -> None:
+def _run_fixed(spec: AttackSpec, step: Step, todo: list[float], spec_base: dict) -> None:
     """One row per epsilon, written (by rank 0, from every rank's outcomes) as soon as it is finished."""
     for eps in todo:
-        progress.update(task, status=f"eps={eps:g}")
-        parts = [torch.zeros(0, dtype=torch.float64)]
-        for start, stop in _batches(spec, shard, config.batch_size):
-            parts.append(fixed_eps_accuracy(spec, fmodel, x[start:stop], y[start:stop], eps, seed=config.seed,
-                                            indices=torch.arange(start, stop)).double())  # fmt: skip
-            progress.update(task, advance=stop - start)
-        world.collect(torch.cat(parts), lambda shards: store.add([_fixed_row(torch.cat(shards), eps, spec_base)]))
+        step.progress.update(step.task, status=f"eps={eps:g}")
+        parts, failures = [torch.zeros(0, dtype=torch.float64)], []
+        for start, stop in _batches(spec, step.shard, step.config.batch_size):
+            outcome = step.fixed(spec, torch.arange(start, stop), eps)
+            parts.append(outcome.robust.double())
+            failures.append(outcome.failure)
+            step.progress.update(step.task, advance=stop - start)
+        step.world.collect((torch.cat(parts), merge_failures(failures)), lambda shards: step.store.add(
+            [_fixed_row(torch.cat([r for r, _ in shards]), eps, spec_base, [f for _, f in shards])]))
 
 
-def _fixed_row(robust: torch.Tensor, eps: float, spec_base: dict) -> dict:
+def _fixed_row(robust: torch.Tensor, eps: float, spec_base: dict, failures: list[dict] = ()) -> dict:
     robust = robust.numpy()
-    return {**spec_base, "epsilon": eps, "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust}
+    return {**spec_base, "epsilon": eps, "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust,
+            "attack_failure": failure_json(per_row(merge_failures(list(failures)), len(robust)))}  # fmt: skip
 
 
-def _run_minimization(spec, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task) -> None:
+def _run_minimization(spec: AttackSpec, step: Step, todo: list[float], spec_base: dict) -> None:
     """One attack run gives every epsilon's row (and the median minimal distance)."""
-    progress.update(task, status="all eps at once")
+    step.progress.update(step.task, status="all eps at once")
     parts = [torch.zeros(0, dtype=torch.float64)]
-    for start, stop in _batches(spec, shard, config.batch_size):
-        parts.append(minimal_distances(spec, fmodel, x[start:stop], y[start:stop], seed=config.seed,
-                                       indices=torch.arange(start, stop)))  # fmt: skip
-        progress.update(task, advance=(stop - start) * len(todo))
-    world.collect(torch.cat(parts), lambda shards: store.add(_distance_rows(torch.cat(shards), todo, spec_base)))
+    for start, stop in _batches(spec, step.shard, step.config.batch_size):
+        parts.append(step.distances(spec, start, stop))
+        step.progress.update(step.task, advance=(stop - start) * len(todo))
+    step.world.collect(torch.cat(parts), lambda shards: step.store.add(_distance_rows(torch.cat(shards), todo, spec_base)))
 
 
-def _run_suite(suite: Suite, fmodel, x, y, shard, todo, spec_base, config, store, world, progress, task) -> None:
+def _run_suite(suite: Suite, step: Step, todo: list[float], spec_base: dict) -> None:
     """The cascade (see `robench.attacks.suites`): each member on the survivors of the earlier ones,
     the run's ε grid in increasing order; at every ε to do, one row per member (robust so far) and the
     suite's row, written by rank 0. An ε of the grid already in the store (its key names the same carried
     grid) gives its survivors to the next one; the grid is the one asked for, never the store's."""
-    lo, hi = shard
-    with torch.no_grad(), full_fp32():  # clean correctness as the re-check judges it
-        alive = torch.cat([torch.zeros(0, dtype=torch.bool)] + [
-            (fmodel(x[a:b]).argmax(1) == y[a:b]).cpu() for a, b in _batches_of(lo, hi, config.batch_size)])
+    lo, hi = step.shard
+    alive = torch.cat([torch.zeros(0, dtype=torch.bool)] + [
+        step.fixed(suite.members[0], torch.arange(a, b), 0.0).robust >= 1 for a, b in _batches_of(lo, hi, step.config.batch_size)])
     distances: dict[str, torch.Tensor] = {}
-    grid = _grid(suite, config, spec_base["dataset"])
+    grid = _grid(suite, step.config, spec_base["dataset"])
     for eps in (e for e in grid if e <= max(todo)):
         if eps not in todo:  # done earlier: its survivors, from the store
             key = {**spec_base, "spec_hash": suite.row_hash(eps, grid), "epsilon": eps}
-            stored = world.on_main(lambda: store.robust_vector(key))
+            stored = step.world.on_main(lambda: step.store.robust_vector(key))
             if stored is not None:
                 alive &= torch.as_tensor(stored[lo:hi] >= 1)
                 continue  # else (a row without outcomes) it runs again: the carry needs its breaks
-        progress.update(task, status=f"eps={eps:g}")
-        after = []
+        step.progress.update(step.task, status=f"eps={eps:g}")
+        after, failures = [], []
         for member in suite.members:
+            found: list[dict] = []
             if eps > 0 and alive.any():
-                alive &= ~_member_broken(member, fmodel, x, y, shard, eps, alive, config, distances)
+                alive &= ~_member_broken(member, step, eps, alive, distances, found)
             after.append(alive.double())
-        progress.update(task, advance=hi - lo)
-        world.collect(after, lambda parts: store.add(_suite_rows(suite, parts, eps, grid, spec_base)))
+            failures.append(merge_failures(found))
+        step.progress.update(step.task, advance=hi - lo)
+        step.world.collect((after, failures), lambda parts: step.store.add(_suite_rows(suite, parts, eps, grid, spec_base)))
 
 
-def _member_broken(member, fmodel, x, y, shard, eps, alive, config, distances) -> torch.Tensor:
+def _member_broken(member: AttackSpec, step: Step, eps: float, alive: torch.Tensor, distances: dict,
+                   failures: list[dict]) -> torch.Tensor:  # fmt: skip
     """Which of the shard's examples `member` breaks at ε, attacking only where it must: survivors
-    alone for per-example attacks, whole fixed chunks holding a survivor for the others."""
-    lo, hi = shard
+    alone for per-example attacks, whole fixed chunks holding a survivor for the others. The member's
+    indicators of attack failure are appended to `failures`."""
+    lo, hi = step.shard
     broken = torch.zeros(hi - lo, dtype=torch.bool)
     if member.kind == "minimization":  # one run gives every ε: computed once, on chunks with survivors
         d = distances.setdefault(member.name, torch.full((hi - lo,), float("nan"), dtype=torch.float64))
-        for a, b in _batches(member, shard, CHUNK):
+        for a, b in _batches(member, step.shard, CHUNK):
             if alive[a - lo : b - lo].any() and torch.isnan(d[a - lo : b - lo]).any():
-                d[a - lo : b - lo] = minimal_distances(member, fmodel, x[a:b], y[a:b], seed=config.seed,
-                                                       indices=torch.arange(a, b))  # fmt: skip
+                d[a - lo : b - lo] = step.distances(member, a, b)
         return alive & (d <= eps)
     if member.per_example:
         where = alive.nonzero().flatten() + lo
-        for k in range(0, len(where), config.batch_size):
-            idx = where[k : k + config.batch_size]
-            robust = fixed_eps_accuracy(member, fmodel, x[idx.to(x.device)], y[idx.to(y.device)], eps,
-                                        seed=config.seed, indices=idx)  # fmt: skip
-            broken[idx - lo] = robust < 1
+        for k in range(0, len(where), step.config.batch_size):
+            idx = where[k : k + step.config.batch_size]
+            outcome = step.fixed(member, idx, eps)
+            broken[idx - lo] = outcome.robust < 1
+            failures.append(outcome.failure)
         return broken
-    for a, b in _batches(member, shard, CHUNK):
+    for a, b in _batches(member, step.shard, CHUNK):
         if alive[a - lo : b - lo].any():
-            robust = fixed_eps_accuracy(member, fmodel, x[a:b], y[a:b], eps, seed=config.seed,
-                                        indices=torch.arange(a, b))  # fmt: skip
-            broken[a - lo : b - lo] = robust < 1
+            outcome = step.fixed(member, torch.arange(a, b), eps)
+            broken[a - lo : b - lo] = outcome.robust < 1
+            failures.append(outcome.failure)
     return broken & alive
 
 
 def _suite_rows(suite: Suite, parts: list, eps: float, grid: list[float], spec_base: dict) -> list[dict]:
-    """Rows of one ε: after each member (`<suite>.<member>`) and the suite's own (after all of them), all
-    under the key that names the carried grid (`Suite.row_hash`); member rows say what they count."""
-    per_member = [torch.cat([p[k] for p in parts]).numpy() for k in range(len(suite.members))]
+    """Rows of one ε: after each member (`<suite>.<member>`, with that member's indicators of attack
+    failure) and the suite's own (after all of them), all under the key that names the carried grid
+    (`Suite.row_hash`); member rows say what they count."""
+    per_member = [torch.cat([p[0][k] for p in parts]).numpy() for k in range(len(suite.members))]
+    failures = [merge_failures([p[1][k] for p in parts]) for k in range(len(suite.members))]
     base = {**spec_base, "epsilon": eps, "spec_hash": suite.row_hash(eps, grid)}
     rows = []
-    for member, robust in zip(suite.members, per_member):
+    for member, robust, failure in zip(suite.members, per_member, failures):
         rows.append({**base, "attack": suite.member_row_name(member), "attack_params": suite.member_params(member, eps, grid),
-                     "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust})  # fmt: skip
+                     "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust,
+                     "attack_failure": failure_json(per_row(failure, len(robust)))})  # fmt: skip
     rows.append({**base, "attack_params": suite.row_params(eps, grid), "accuracy": float(per_member[-1].mean()),
                  "timestamp": _now(), "_robust": per_member[-1]})  # fmt: skip
     return rows

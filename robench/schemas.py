@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import RobenchError
+from .settings import TrainConfig
 
 NUMBER = (int, float)
 # Top-level meta.json fields: (types, required). Absent optional fields are filled by the reader.
@@ -56,8 +57,6 @@ def _type_name(types: tuple[type, ...]) -> str:
 
 def config_types() -> dict[str, tuple[tuple[type, ...], bool]]:
     """TrainConfig field -> (accepted JSON types, may be null), from the dataclass's own annotations."""
-    from .train import TrainConfig
-
     types = {}
     for field in dataclasses.fields(TrainConfig):
         parts = [p.strip() for p in str(field.type).split("|")]

@@ -173,6 +173,11 @@ class EvalConfig:
         tf32: allow TF32 matmuls and convolutions on CUDA (robench's default; off for full fp32).
         jacobian_n: images of the exact ||J||_F rows (C backward passes per image): None, all n;
             0 skips them; k takes the first k (the rows then say n=k).
+        eot: gradient samples averaged per attack step (Expectation over Transformation). None: 20 when
+            the model's randomness check fires (AutoAttack's `rand`), else 1. On a randomized model every
+            re-check is the majority of max(eot, 20) forward passes.
+        surrogate: a run directory, or ARCH:WEIGHTS, whose gradients the gradient attacks follow (a
+            transfer attack); adversarials are re-checked on the evaluated model.
     """
 
     attacks: str = "default"
@@ -184,6 +189,8 @@ class EvalConfig:
     data_root: str | None = None
     tf32: bool = True
     jacobian_n: int | None = None
+    eot: int | None = None
+    surrogate: str | None = None
 
     def validate(self) -> "EvalConfig":
         if self.n is not None and self.n < 1:
@@ -192,6 +199,8 @@ class EvalConfig:
             raise RobenchError(f"--jacobian-n must be >= 0 (0 skips the ||J|| rows), got {self.jacobian_n}")
         if self.batch_size < 1:
             raise RobenchError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.eot is not None and (isinstance(self.eot, bool) or not 1 <= self.eot <= 1000):
+            raise RobenchError(f"--eot must be between 1 and 1000 gradient samples, got {self.eot}")
         from .limits import check_seed
 
         check_seed("--seed", self.seed)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .checks import TRUST_FLAGS
 from .model_probes import from_json
+from .report_markdown import Code, markdown_table
 
 # What the older honesty checks (robench.checks) mean for the number, in the same voice as TRUST_FLAGS.
 HONESTY_FLAGS = {
@@ -51,12 +52,12 @@ def probe_summary(probes: dict[str, Any] | None) -> str:
 
 def trust_section(rows: pd.DataFrame, labels: dict[str, str]) -> list[str]:
     """Markdown lines of the section, for the rows the report shows."""
-    from .report import Code, _table
-
     lines = ["## Can this evaluation be trusted?", "",
              "AutoAttack's checks (Croce & Hein 2020: randomness, zero gradients, probabilities for logits, class "
-             "count, autograd inside the forward pass, a black-box attack breaking what the gradient attacks left) "
-             "and robench's honesty checks, on every row. A flagged number can be too high (a robust accuracy is an "
+             "count, autograd inside the forward pass, a black-box attack breaking what the gradient attacks left), "
+             "the indicators of attack failure read from each gradient attack's own path (Pintor et al. 2022: silent "
+             "success, unavailable gradients, incomplete optimization, non-convergence) and robench's honesty "
+             "checks, on every row. A flagged number can be too high (a robust accuracy is an "
              "upper bound that only a strong attack makes tight): read the flag before the number.", ""]  # fmt: skip
     flagged, probed = [], []
     for model, group in rows.groupby("model", sort=False):
@@ -71,9 +72,9 @@ def trust_section(rows: pd.DataFrame, labels: dict[str, str]) -> list[str]:
             shown = ", ".join(attacks[:4]) + (f" and {len(attacks) - 4} more" if len(attacks) > 4 else "")
             flagged.append([Code(labels.get(model, model)), Code(flag), f"{len(where)} ({shown})", meaning(flag)])
     if flagged:
-        lines += _table(["model", "flag", "rows", "what it means for the number"], flagged)
+        lines += markdown_table(["model", "flag", "rows", "what it means for the number"], flagged)
     else:
         lines += ["No check fired on any model.", ""]
     lines += ["What robench measured on each model before attacking it:", ""]
-    lines += _table(["model", "measured"], probed)
+    lines += markdown_table(["model", "measured"], probed)
     return lines

@@ -48,3 +48,13 @@ def trained_model(trained_run):
     from robench.checkpoint import load
 
     return load(trained_run)
+
+
+@pytest.fixture(scope="session")
+def jr_lenet(tmp_path_factory):
+    """LeNet' with JR (lambda 0.01), 2 epochs on 4,000 real MNIST images: trained once per test run."""
+    run = tmp_path_factory.mktemp("aa") / "lenet-jr"
+    config = TrainConfig(model="lenet", jr=0.01, epochs=2, lr=0.05, train_subset=4000, test_subset=200,
+                         norm_samples=50, device="cpu")  # fmt: skip
+    train(config, run, show_progress=False)
+    return run

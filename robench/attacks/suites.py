@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RobenchError
-from . import AttackSpec, _parse_grid, _spec_dir, load_specs, tomllib
+from .specs import AttackSpec, _parse_grid, _spec_dir, check_available, load_specs, tomllib
 
 def eps_key(eps: float) -> float:
     """ε as result rows compare it (robench.results.eps_key; not imported: it would load pandas)."""
@@ -36,6 +36,7 @@ def eps_key(eps: float) -> float:
 
 
 SUITE_KEYS = ("name", "description", "suite", "norm", "eps")
+SUITE_OPTIONAL = ("eot",)  # gradient samples per step of its gradient members (autoattack-rand: 20)
 DEFAULT = ("noise", "fgsm", "pgd", "cw", "autoattack")  # `--attack default`: the paper's four + AutoAttack
 
 
@@ -57,6 +58,13 @@ class Suite:
     norm: str
     eps: dict[str, tuple[float, ...]]
     kind: str = "suite"
+    eot: int | None = None
+
+    def variant(self, *, eot: int = 1, votes: int = 1, surrogate: str = "") -> "Suite":
+        """The suite with every member as one evaluation runs it (`AttackSpec.variant`): its hash follows."""
+        from dataclasses import replace
+
+        return replace(self, members=tuple(m.variant(eot=eot, votes=votes, surrogate=surrogate) for m in self.members))
 
     @property
     def spec_hash(self) -> str:
@@ -116,7 +124,7 @@ def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec
             continue
         where, stem = f"attack suite {file.name}", file.name[: -len(".toml")]
         missing = [k for k in SUITE_KEYS if k not in data]
-        unknown = sorted(set(data) - set(SUITE_KEYS))
+        unknown = sorted(set(data) - set(SUITE_KEYS) - set(SUITE_OPTIONAL))
         if missing or unknown:
             raise RobenchError(f"{where}: {'missing' if missing else 'unknown'} key(s) {', '.join(missing or unknown)}")
         if data["name"] != stem:
@@ -132,8 +140,11 @@ def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec
             if specs[name].role == "baseline":
                 raise RobenchError(f"{where}: {name} is a baseline, not an adversary")
         eps = {d: _parse_grid(g, f"{where}: eps.{d}") for d, g in data["eps"].items()} if isinstance(data["eps"], dict) else {}
+        eot = data.get("eot")
+        if eot is not None and (not isinstance(eot, int) or isinstance(eot, bool) or not 1 <= eot <= 1000):
+            raise RobenchError(f"{where}: eot must be an integer between 1 and 1000, got {eot!r}")
         suites[stem] = Suite(stem, " ".join(str(data["description"]).split()), tuple(specs[n] for n in names),
-                             data["norm"], eps)  # fmt: skip
+                             data["norm"], eps, eot=eot)  # fmt: skip
     return dict(sorted(suites.items()))
 
 
@@ -152,4 +163,14 @@ def resolve(names: str, directory: str | Path | None = None) -> list[AttackSpec 
     for name in expanded:
         if name not in known:
             raise RobenchError(f"unknown attack {name!r}; choose from {', '.join(known)}, default, all")
-    return [known[name] for name in dict.fromkeys(expanded)]
+    chosen = [known[name] for name in dict.fromkeys(expanded)]
+    if "all" in wanted:  # every attack this environment can run
+        chosen = [c for c in chosen if not any(s.unavailable for s in _members(c))]
+    for item in chosen:
+        for spec in _members(item):
+            check_available(spec)
+    return chosen
+
+
+def _members(item: AttackSpec | Suite) -> tuple[AttackSpec, ...]:
+    return item.members if isinstance(item, Suite) else (item,)

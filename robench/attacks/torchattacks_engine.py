@@ -44,7 +44,7 @@ def _class(name: Any) -> type | None:
 
 def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
     """Validate a torchattacks spec against the class's own signature; returns its kind ("fixed")."""
-    from . import _check_type
+    from .specs import _check_type
 
     cls = _class(name)
     if cls is None:
@@ -67,6 +67,21 @@ def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
     return "fixed"
 
 
+def installed() -> bool:
+    """Whether torchattacks can be imported (robench declares it; a user may have removed it)."""
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def supports_eot(name: str) -> bool:
+    """Classes that average gradient samples themselves (`eot_iter`: APGD, APGD-T)."""
+    cls = _class(name) if installed() else None
+    return cls is not None and "eot_iter" in inspect.signature(cls.__init__).parameters
+
+
 def per_example(name: str) -> bool:
     return name in PER_EXAMPLE
 
@@ -81,10 +96,13 @@ class _Fingerprints:
         self.keys = images.flatten(1).double() @ self.w
         self.indices = indices.tolist()
 
-    def lookup(self, rows: torch.Tensor) -> list[int]:
+    def positions(self, rows: torch.Tensor) -> list[int]:
+        """Each row's position in the call's images."""
         keys = rows.flatten(1).double() @ self.w
-        nearest = (keys[:, None] - self.keys[None, :]).abs().argmin(1).tolist()
-        return [self.indices[j] for j in nearest]
+        return (keys[:, None] - self.keys[None, :]).abs().argmin(1).tolist()
+
+    def lookup(self, rows: torch.Tensor) -> list[int]:
+        return [self.indices[j] for j in self.positions(rows)]
 
 
 @contextlib.contextmanager
@@ -123,13 +141,18 @@ def build(spec: Any, model: nn.Module, eps: float, seed: int, num_classes: int) 
     if "n_classes" in signature and "n_classes" not in params:
         params["n_classes"] = num_classes
     extra = {k: v for k, v in (("seed", seed), ("verbose", False)) if k in signature}
+    if getattr(spec, "eot", 1) > 1 and "eot_iter" in signature:
+        params["eot_iter"] = spec.eot
     return cls(model, eps=float(eps), **params, **extra)
 
 
-def _drawing_per_example(single_run, prints: _Fingerprints, seed: int, counts: dict):
-    """`single_run` with its batch-wide random start drawn per example (`_per_example_draws`)."""
+def _drawing_per_example(single_run, prints: _Fingerprints, seed: int, counts: dict, tracer: Any = None):
+    """`single_run` with its batch-wide random start drawn per example (`_per_example_draws`); a tracer
+    (`robench.attacks.failure.PathTracer`) learns which examples the run's forwards carry."""
 
     def run(x_in, y_in, *args, **kwargs):
+        if tracer is not None:
+            tracer.begin_run(prints.positions(x_in))
         with _per_example_draws(x_in.shape, prints.lookup(x_in), seed, counts):
             return single_run(x_in, y_in, *args, **kwargs)
 
@@ -138,9 +161,10 @@ def _drawing_per_example(single_run, prints: _Fingerprints, seed: int, counts: d
 
 def adversarials(
     spec: Any, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, *, seed: int,
-    indices: torch.Tensor,
+    indices: torch.Tensor, tracer: Any = None,
 ) -> torch.Tensor:  # fmt: skip
-    """The images the attack returns (unchecked). Runs inside fork_rng: the global RNG is untouched."""
+    """The images the attack returns (unchecked). Runs inside fork_rng: the global RNG is untouched.
+    With a tracer, `model` is that tracer and it is told where each single run's examples are."""
     with torch.no_grad():
         num_classes = int(model(images[:1]).shape[-1])
     first = int(indices[0]) if len(indices) else 0
@@ -148,7 +172,7 @@ def adversarials(
     if spec.per_example:
         prints, counts = _Fingerprints(images, indices), {}
         for name in (n for n in SINGLE_RUNS if hasattr(attack, n)):
-            setattr(attack, name, _drawing_per_example(getattr(attack, name), prints, seed, counts))
+            setattr(attack, name, _drawing_per_example(getattr(attack, name), prints, seed, counts, tracer))
     devices = [images.device.index or 0] if images.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         return attack(images, labels).detach()

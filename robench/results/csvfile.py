@@ -8,10 +8,12 @@ have no per-example outcomes.
 Columns (documented in the README):
     model, dataset, defense, attack, norm, epsilon, accuracy, n, seed, attack_params,
     robench_version, timestamp, model_hash, spec_hash, value, flags,
-    ci_low, ci_high, protocol, grey_share, distinct_predictions, model_checks, outcomes
+    ci_low, ci_high, protocol, grey_share, distinct_predictions, model_checks, attack_failure, outcomes
 
 model_checks (JSON, from robench 0.1 protocol 3 on) holds what `robench.model_probes` measured on the
-model at the evaluation that wrote the row: empty on older rows and on derived ones.
+model at the evaluation that wrote the row: empty on older rows and on derived ones. attack_failure (JSON)
+holds the indicators of attack failure of a traced gradient attack's row (`robench.attacks.failure`):
+shares of the attacked examples; empty for other attacks and older rows.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ LEGACY_COLUMNS = [
     "model", "dataset", "defense", "attack", "norm", "epsilon", "accuracy", "n", "seed",
     "attack_params", "robench_version", "timestamp", "model_hash", "spec_hash", "value", "flags",
 ]  # fmt: skip
-NEW_COLUMNS = ["ci_low", "ci_high", "protocol", "grey_share", "distinct_predictions", "model_checks", "outcomes"]
+NEW_COLUMNS = ["ci_low", "ci_high", "protocol", "grey_share", "distinct_predictions", "model_checks", "attack_failure",
+               "outcomes"]  # fmt: skip
 COLUMNS = LEGACY_COLUMNS + NEW_COLUMNS
-TEXT_COLUMNS = {"model_hash": str, "spec_hash": str, "model": str, "flags": str, "model_checks": str}  # never guessed as numbers
+TEXT_COLUMNS = {"model_hash": str, "spec_hash": str, "model": str, "flags": str, "model_checks": str,
+                "attack_failure": str}  # fmt: skip  # never guessed as numbers
 KEY = ["model_hash", "attack", "spec_hash", "epsilon", "n", "seed", "protocol"]
 # Pseudo-attack rows of mean exact test ||J||_F (`value`; accuracy is the clean accuracy): jacobian_norm in
 # pixel units (d logits / d pixel in [0, 1], what attacks see; its name predates units), and
@@ -71,7 +75,7 @@ def complete(df: pd.DataFrame, *, where: str) -> pd.DataFrame:
         df["outcomes"] = 0
     for column in COLUMNS:
         if column not in df.columns:
-            df[column] = math.nan if column not in ("flags", "attack_params", "model_checks") else ""
+            df[column] = math.nan if column not in ("flags", "attack_params", "model_checks", "attack_failure") else ""
     for column in ("epsilon", "accuracy", "n", "seed", "protocol"):
         numbers = pd.to_numeric(df[column], errors="coerce")
         if numbers.isna().any():
@@ -95,7 +99,7 @@ def complete(df: pd.DataFrame, *, where: str) -> pd.DataFrame:
             raise _bad_cell(where, df, column, outside, "is outside [0, 1]")
     df["outcomes"] = df["outcomes"].fillna(0).astype("int64")
     for column in ("model", "dataset", "defense", "attack", "norm", "model_hash", "spec_hash", "attack_params",
-                   "robench_version", "timestamp", "model_checks"):  # fmt: skip
+                   "robench_version", "timestamp", "model_checks", "attack_failure"):  # fmt: skip
         df[column] = df[column].astype(object).where(df[column].notna(), "").astype(str)
     flags = df["flags"]
     df["flags"] = flags.astype(object).where(flags.notna(), "").astype(str)

@@ -35,7 +35,7 @@ from ..errors import RobenchError
 from ..fileio import write_atomic
 from .csvfile import COLUMNS, JACOBIAN_ATTACK, JACOBIAN_ATTACKS, WORST_CASE, complete, eps_key, read_csv
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EXPORT_INTERVAL_S = 2.0
 BUSY_TIMEOUT_S = 600.0
 ROW_FIELDS = [c for c in COLUMNS if c != "outcomes"]
@@ -57,6 +57,7 @@ MIGRATIONS = {  # version -> statements; applied in order to bring an older data
             count INTEGER NOT NULL, robust BLOB NOT NULL, distance BLOB, value BLOB)""",
     ],
     2: ["ALTER TABLE rows ADD COLUMN model_checks TEXT"],  # robench.model_probes; older rows: NULL
+    3: ["ALTER TABLE rows ADD COLUMN attack_failure TEXT"],  # robench.attacks.failure; older rows: NULL
 }
 
 
