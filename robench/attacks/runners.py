@@ -114,6 +114,10 @@ def _adversarials(spec, attack, model, images, labels, eps, seed, indices, trace
         from .torchattacks_engine import adversarials
 
         return adversarials(spec, model, images, labels, eps, seed=seed, indices=indices, tracer=tracer)
+    if spec.engine == "robench":
+        from .robench_engine import adversarials
+
+        return adversarials(spec, model, images, labels, eps, seed=seed, indices=indices)
     _, clipped, _ = attack(foolbox_model(model, images.device), images, labels, epsilons=eps)
     return clipped.detach()
 

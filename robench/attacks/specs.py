@@ -28,7 +28,7 @@ NORMS = {2.0: "l2", math.inf: "linf"}  # Foolbox LpDistance.p -> our name
 REQUIRED_KEYS = ("name", "description", "params", "norm", "eps")
 OPTIONAL_KEYS = ("repeats", "role", "stronger_than", "engine", "class", "foolbox_class", "access", "loss")
 ACCESS = ("white-box", "black-box")  # black-box: outputs only (Square), so masked gradients cannot mislead it
-ENGINES = ("foolbox", "torchattacks")
+ENGINES = ("foolbox", "torchattacks", "robench")
 ROLES = ("adversarial", "baseline")  # baseline: not an adversary (noise); excluded from the worst case
 # Attacks whose outcome couples the examples of one call (CW's abort_early looks at the batch's summed
 # loss) or that draw randomness robench cannot give per example run on these fixed chunks of the
@@ -150,6 +150,8 @@ class AttackSpec:
 def _supports_eot(spec: AttackSpec) -> bool:
     """Whether the engine can average gradient samples for this attack (Foolbox's PGD family; torchattacks
     classes with an `eot_iter` parameter: APGD, APGD-T)."""
+    if spec.engine == "robench":
+        return False
     if spec.engine == "torchattacks":
         from .torchattacks_engine import supports_eot
     else:
@@ -225,6 +227,10 @@ def _parse_spec(data: dict, *, stem: str, where: str) -> AttackSpec:
         else:  # listed, and refused in one line when asked for (`resolve_attacks`, `suites.resolve`)
             kind, unavailable = "fixed", f"attack {stem!r} needs torchattacks, which is not installed (pip install torchattacks==3.3.0)"
         per_ex = per_example(class_name)
+    elif engine == "robench":  # robench's own attacks: randomness per example by construction
+        from .robench_engine import check_class as check_robench
+
+        kind, per_ex = check_robench(class_name, data["params"], data["norm"], where), True
     else:
         from .foolbox_engine import _check_foolbox, _per_example_class
 
