@@ -52,3 +52,15 @@ def test_the_attack_listing_works_and_says_what_is_not_installed():
     code, output = done.stdout.split("\n", 1)
     assert code == "0", output
     assert "apgd-ce" in output and "not installed" in output and "pgd" in output
+
+
+def test_resolving_an_attack_loads_only_its_engine():
+    """`eval --attack pgd` checks pgd against Foolbox and never imports torchattacks (0.8 s with the scipy.stats
+    it pulls in): an evaluation pays for the engines it uses."""
+    env = {**os.environ, "GIT_PYTHON_REFRESH": "quiet"}
+    code = ("import sys\nfrom robench.attacks.suites import resolve\n"
+            "assert [s.name for s in resolve('fgsm,pgd')] == ['fgsm', 'pgd']\n"
+            "assert 'torchattacks' not in sys.modules\n"
+            "resolve('autoattack-fast')\nassert 'torchattacks' in sys.modules\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -174,11 +174,13 @@ def _spec_dir(directory: str | Path | None) -> Path | Any:
         return Path(__file__).resolve().parents[2] / "attacks"
 
 
-def load_specs(directory: str | Path | None = None) -> dict[str, AttackSpec]:
+def load_specs(directory: str | Path | None = None, only: set[str] | None = None) -> dict[str, AttackSpec]:
     """Load and validate every `*.toml` attack spec; returns {name: spec} sorted by name.
 
     Args:
         directory: where the specs lie; defaults to the packaged `robench.attack_specs`.
+        only: load (and check against their engines, which imports them) just these names: an evaluation
+            pays for the engines it uses, not for every file in the directory.
     """
     root = _spec_dir(directory)
     specs = {}
@@ -189,9 +191,11 @@ def load_specs(directory: str | Path | None = None) -> dict[str, AttackSpec]:
             raise RobenchError(f"attack spec {file.name}: not valid TOML ({exc})") from None
         if "suite" in data:  # a suite of attacks (robench.attacks.suites), not an attack
             continue
+        if only is not None and file.name[: -len(".toml")] not in only:
+            continue
         spec = _parse_spec(data, stem=file.name[: -len(".toml")], where=f"attack spec {file.name}")
         specs[spec.name] = spec
-    if not specs:
+    if not specs and only is None:
         raise RobenchError(f"no attack specs (*.toml) found in {root}")
     return {name: specs[name] for name in sorted(specs)}
 

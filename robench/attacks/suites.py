@@ -114,8 +114,10 @@ class Suite:
         return list(self.eps[dataset])
 
 
-def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec] | None = None) -> dict[str, Suite]:
-    """Every suite file (a TOML with a `suite` key), checked: known members, one norm, no repeats."""
+def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec] | None = None,
+                only: set[str] | None = None) -> dict[str, Suite]:  # fmt: skip
+    """Every suite file (a TOML with a `suite` key; with `only`, just those), checked: known members, one
+    norm, no repeats."""
     specs = load_specs(directory) if specs is None else specs
     suites = {}
     for file in (f for f in _spec_dir(directory).iterdir() if f.name.endswith(".toml")):
@@ -123,6 +125,8 @@ def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec
         if "suite" not in data:
             continue
         where, stem = f"attack suite {file.name}", file.name[: -len(".toml")]
+        if only is not None and stem not in only:
+            continue
         missing = [k for k in SUITE_KEYS if k not in data]
         unknown = sorted(set(data) - set(SUITE_KEYS) - set(SUITE_OPTIONAL))
         if missing or unknown:
@@ -150,10 +154,10 @@ def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec
 
 def resolve(names: str, directory: str | Path | None = None) -> list[AttackSpec | Suite]:
     """"pgd,autoattack", "default" (noise, FGSM, PGD, CW and AutoAttack) or "all" (every attack and
-    suite) -> specs and suites, in the order given, without duplicates."""
-    specs = load_specs(directory)
-    suites = load_suites(directory, specs)
-    known = {**specs, **suites}
+    suite) -> specs and suites, in the order given, without duplicates. Only the attacks named (and the
+    members of the suites named) are loaded and checked against their engines."""
+    spec_names, suite_members = _catalog(directory)
+    known = {**dict.fromkeys(spec_names), **dict.fromkeys(suite_members)}
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     expanded = []
     for name in wanted:
@@ -163,13 +167,36 @@ def resolve(names: str, directory: str | Path | None = None) -> list[AttackSpec 
     for name in expanded:
         if name not in known:
             raise RobenchError(f"unknown attack {name!r}; choose from {', '.join(known)}, default, all")
-    chosen = [known[name] for name in dict.fromkeys(expanded)]
+    expanded = list(dict.fromkeys(expanded))
+    needed = {n for n in expanded if n in spec_names} | {m for n in expanded for m in suite_members.get(n, [])}
+    specs = load_specs(directory, only=needed)
+    suites = load_suites(directory, specs, only={n for n in expanded if n in suite_members})
+    chosen = [{**specs, **suites}[name] for name in expanded]
     if "all" in wanted:  # every attack this environment can run
         chosen = [c for c in chosen if not any(s.unavailable for s in _members(c))]
     for item in chosen:
         for spec in _members(item):
             check_available(spec)
     return chosen
+
+
+def _catalog(directory: str | Path | None) -> tuple[list[str], dict[str, list[str]]]:
+    """The attack names (sorted) and {suite: member names} (sorted), from the files alone: no engine import."""
+    specs, suites = [], {}
+    for file in (f for f in _spec_dir(directory).iterdir() if f.name.endswith(".toml")):
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise RobenchError(f"attack spec {file.name}: not valid TOML ({exc})") from None
+        stem = file.name[: -len(".toml")]
+        if "suite" in data:
+            members = data["suite"]
+            suites[stem] = [str(m) for m in members] if isinstance(members, list) else []
+        else:
+            specs.append(stem)
+    if not specs:
+        raise RobenchError(f"no attack specs (*.toml) found in {_spec_dir(directory)}")
+    return sorted(specs), dict(sorted(suites.items()))
 
 
 def _members(item: AttackSpec | Suite) -> tuple[AttackSpec, ...]:
