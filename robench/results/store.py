@@ -61,6 +61,20 @@ MIGRATIONS = {  # version -> statements; applied in order to bring an older data
 }
 
 
+def _while_locked(step, timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    """Run `step`, retrying while another process holds the database: changing the journal mode needs an
+    exclusive lock and SQLite answers "database is locked" at once there instead of waiting its busy
+    timeout (seen when two evaluations open a new store at the same moment)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def store_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(CSV, database) for a results path given as either: x.csv <-> x.db."""
     path = Path(path)
@@ -104,7 +118,7 @@ class ResultsStore:
             if readonly and self.db_path.is_file() and self._open_readonly():
                 return
             self.conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            _while_locked(self._use_wal)
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             with self._write():
@@ -114,6 +128,11 @@ class ResultsStore:
             raise RobenchError(f"{self.db_path} is not a robench results database ({exc})") from None
         except sqlite3.Error as exc:
             raise RobenchError(f"cannot open results database {self.db_path}: {exc}") from None
+
+    def _use_wal(self) -> None:
+        """WAL is a property of the file: set once, by whichever process creates the database."""
+        if str(self.conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            self.conn.execute("PRAGMA journal_mode=WAL")
 
     def _open_readonly(self) -> bool:
         """Open the database read-only; False (closed again) when it needs a migration or an import."""
