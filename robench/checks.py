@@ -14,18 +14,17 @@ distinct_predictions. Pure pandas: no Foolbox, no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Callable, Hashable
 
 import pandas as pd
 
 from .errors import RobenchError
+from .check_rows import EPS_DECIMALS, Findings, _eps_key, _relation  # noqa: F401 - EPS_DECIMALS: public here
 from .results.csvfile import JACOBIAN_ATTACK as JACOBIAN, JACOBIAN_ATTACKS
 
 REQUIRED_COLUMNS = ("model", "attack", "norm", "epsilon", "accuracy")
 GREY_EPS = 0.5  # at L∞ ε >= 0.5 every [0, 1] image can be moved to the all-grey image
-EPS_DECIMALS = 9  # ε read back from CSV is compared after rounding
 
-Findings = dict[Hashable, Any]  # row index -> reason, (flag, reason), or a list of (flag, reason)
 
 
 @dataclass(frozen=True)
@@ -34,16 +33,6 @@ class Check:
 
     name: str
     find: Callable[[pd.DataFrame, float, dict], Findings]
-
-
-def _eps_key(rows: pd.DataFrame) -> pd.Series:
-    return rows["epsilon"].astype(float).round(EPS_DECIMALS)
-
-
-def _relation(relations: dict, attack: str):
-    from .attacks import relation_of
-
-    return relation_of(relations, attack)
 
 
 def _rises_with_eps(rows: pd.DataFrame, tol: float, relations: dict) -> Findings:

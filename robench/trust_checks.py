@@ -10,18 +10,7 @@ from typing import Hashable
 
 import pandas as pd
 
-Findings = dict  # row index -> reason, (flag, reason), or a list of (flag, reason)
-EPS_DECIMALS = 9  # ε read back from CSV is compared after rounding
-
-
-def _eps_key(rows: pd.DataFrame) -> pd.Series:
-    return rows["epsilon"].astype(float).round(EPS_DECIMALS)
-
-
-def _relation(relations: dict, attack: str):
-    from .attacks.relations import relation_of
-
-    return relation_of(relations, attack)
+from .check_rows import Findings, _eps_key, _relation
 
 
 BLACKBOX_MARGIN = 0.002  # AutoAttack's: Square breaking more than 0.2 points beyond the white-box attacks

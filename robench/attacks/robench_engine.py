@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import RobenchError
+from .failure import margins
 
 NORMS = {"Linf": "linf"}
 
@@ -65,7 +66,7 @@ class Square:
         sign = lambda u: torch.sign(2 * u - 1).to(x.dtype).to(x.device)  # noqa: E731 - torchattacks' random_choice
         with torch.no_grad():
             x_best = torch.clamp(x + eps * sign(stripes), 0.0, 1.0)
-            margin_min = _margins(model(x_best), y)
+            margin_min = margins(model(x_best), y)
             hh, ww = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
             for it in range(self.n_queries):
                 alive = (margin_min > 0).nonzero().flatten()
@@ -80,16 +81,11 @@ class Square:
                 window = inside[:, None].to(x.dtype) * (2 * eps * sign(row[:, 2:]))[:, :, None, None]
                 x_curr = x[alive]
                 x_new = torch.clamp(torch.min(torch.max(x_best[alive] + window, x_curr - eps), x_curr + eps), 0.0, 1.0)
-                margin = _margins(model(x_new), y[alive])
+                margin = margins(model(x_new), y[alive])
                 better = margin < margin_min[alive]  # the margin is the loss: improved, or misclassified
                 margin_min[alive] = torch.where(better, margin, margin_min[alive])
                 x_best[alive] = torch.where(better[:, None, None, None], x_new, x_best[alive])
         return x_best
-
-
-def _margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    return true - logits.scatter(1, y[:, None], -math.inf).amax(1)
 
 
 CLASSES = {"Square": Square}

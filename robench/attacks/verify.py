@@ -55,10 +55,17 @@ def verify_adversarials(
     """
     if len(labels) == 0:
         return torch.zeros(0, dtype=torch.bool, device=labels.device)
+    fooled = predictions_wrong(model_fn, advs.clamp(0, 1), labels, votes)
+    return within_ball(images, advs, eps, norm, tolerance=tolerance, relative=relative) & fooled
+
+
+def within_ball(images: torch.Tensor, advs: torch.Tensor, eps: float | None, norm: str, *,
+                tolerance: float = TOLERANCE, relative: float = RELATIVE_TOLERANCE) -> torch.Tensor:  # fmt: skip
+    """The geometric half of the re-check: finite, every pixel in [0, 1] (± tolerance), and within ε in `norm`
+    (size <= ε·(1 + relative) + tolerance; eps None: any size). Bool (N,)."""
     delta = (advs.double() - images.double()).flatten(1)
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
     finite = torch.isfinite(advs.flatten(1)).all(1)
     in_box = (advs.flatten(1).double() >= -tolerance).all(1) & (advs.flatten(1).double() <= 1 + tolerance).all(1)
     in_ball = torch.ones_like(in_box) if eps is None else size <= eps * (1 + relative) + tolerance
-    fooled = predictions_wrong(model_fn, advs.clamp(0, 1), labels, votes)
-    return finite & in_box & in_ball & fooled
+    return finite & in_box & in_ball
