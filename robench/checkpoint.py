@@ -23,11 +23,8 @@ from torch import nn
 from .errors import RobenchError
 from .fileio import write_atomic, write_json_atomic
 from .models import build_model
+from .run_files import LOG_FILE, META_FILE, MODEL_FILE, OPTIMIZER_FILE  # noqa: F401 - the run's file names
 
-MODEL_FILE = "model.safetensors"
-META_FILE = "meta.json"
-LOG_FILE = "log.csv"
-OPTIMIZER_FILE = "optimizer.pt"
 # The previous epoch's optimizer state, kept only while a save is under way (`save_optimizer`).
 OPTIMIZER_PREV_FILE = "optimizer.prev.pt"
 RUN_FILES = (MODEL_FILE, META_FILE, LOG_FILE, OPTIMIZER_FILE)

@@ -65,19 +65,25 @@ def eval_command(models: tuple[str, ...], eps: str | None, arch: str | None, wei
 
     from rich.console import Console
 
-    from .attacks import parse_eps
+    from .attacks.specs import parse_eps
+    from .eval_done import finished_table
+
+    config = EvalConfig(eps=tuple(parse_eps(eps)) if eps is not None else None, **options).validate()
+    # Nothing left to do is answered from the store before a model, the test set or an engine is loaded.
+    df = finished_table(models, config, out) if arch is None and weights is None else None
+    if df is None:
+        from .distributed import is_main_process
+        from .evaluate import evaluate, open_sources
+
+        opener = partial(open_sources, models, arch=arch, weights=weights, dataset=dataset, normalize=normalize,
+                         num_classes=num_classes)
+        df = evaluate(opener, config, out=out, show_progress=not quiet)
+        if not is_main_process():  # under torchrun, rank 0 reports
+            return
     from .checks import warnings_for
-    from .distributed import is_main_process
-    from .evaluate import evaluate, open_sources
     from .progress import console
     from .tables import attack_tables, clean_table, print_table
 
-    config = EvalConfig(eps=tuple(parse_eps(eps)) if eps is not None else None, **options).validate()
-    opener = partial(open_sources, models, arch=arch, weights=weights, dataset=dataset, normalize=normalize,
-                     num_classes=num_classes)
-    df = evaluate(opener, config, out=out, show_progress=not quiet)
-    if not is_main_process():  # under torchrun, rank 0 reports
-        return
     stdout = Console()
     print_table(stdout, clean_table(df))
     for table in attack_tables(df):

@@ -31,17 +31,19 @@ import torch
 
 from . import __version__, distributed
 from .attacks import CHUNK, PROTOCOL, AttackSpec, foolbox_model, minimal_distances
+from .attacks.fab_reuse import FabTargets
 from .attacks.failure import as_json as failure_json, merge as merge_failures, per_row
 from .attacks.runners import Outcome, fixed_eps_outcomes
 from .attacks.suites import Suite, resolve
 from .data import load_dataset, to_unit_float
 from .devices import configure_tf32, full_fp32
 from .errors import RobenchError
+from .evaluate_keys import grid as _grid, randomness, row_key, variant
 from .untrusted import for_console
 from .jacobian import input_std, jacobian_norm
-from .model_probes import as_json, from_json, probe_model
+from .model_probes import as_json, probe_model
 from .progress import make_progress
-from .results import JACOBIAN_ATTACK, JACOBIAN_NORMALIZED, ResultsStore, check_writable, eps_key, median_or_inf
+from .results import JACOBIAN_ATTACK, JACOBIAN_NORMALIZED, ResultsStore, check_writable, median_or_inf
 from .settings import EvalConfig  # noqa: F401 - public here too
 from .sources import ModelSource, check_classes, from_run, from_weights
 
@@ -134,13 +136,6 @@ def open_surrogate(text: str, dataset: str) -> ModelSource:
     return from_weights(arch, weights, dataset)
 
 
-def _grid(spec: AttackSpec, config: EvalConfig, dataset: str) -> list[float]:
-    return sorted(set(config.eps)) if config.eps is not None else list(spec.default_eps(dataset))
-
-
-EOT_DEFAULT = 20  # gradient samples and re-check passes on a randomized model, as AutoAttack's `rand` version
-
-
 @dataclass(frozen=True)
 class Step:
     """What evaluating one attack spec on one model may touch: the model (and the surrogate whose
@@ -169,21 +164,6 @@ class Step:
                                  indices=torch.arange(start, stop))  # fmt: skip
 
 
-def _variant(spec, config: EvalConfig, eot: int, votes: int, surrogate: str):
-    """The spec (or suite) as this evaluation runs it; each setting is part of its rows' identity. A
-    suite's own EOT (`autoattack-rand`: 20) applies unless --eot says otherwise."""
-    if isinstance(spec, Suite) and spec.eot and config.eot is None:
-        eot = spec.eot
-    return spec.variant(eot=eot, votes=votes, surrogate=surrogate)
-
-
-def _randomness(config: EvalConfig, checks_json: str) -> tuple[int, int]:
-    """(EOT samples, re-check votes) for this model: --eot, else 20 when the model's outputs are random."""
-    randomized = bool((from_json(checks_json) or {}).get("randomized"))
-    eot = config.eot if config.eot is not None else (EOT_DEFAULT if randomized else 1)
-    return eot, max(eot, EOT_DEFAULT) if randomized else 1
-
-
 def _evaluate_model(source, specs, grids, config, store, world, progress, surrogate=None) -> pd.DataFrame:
     """All rows of one model: the clean/||J|| row on rank 0, then every attack on every rank's shard."""
     x, y, shard = world.agree(lambda: _load_test_set(source, config, world))
@@ -205,12 +185,12 @@ def _evaluate_model(source, specs, grids, config, store, world, progress, surrog
     if missing:  # on rank 0 alone: the same values as a single process
         world.on_main(lambda: store.add(_clean_rows(model, x[:jn], y[:jn], {**base, "n": jn}, missing)))
     fmodel = foolbox_model(model, world.device)
-    eot, votes = _randomness(config, base["model_checks"])
+    eot, votes = randomness(config.eot, base["model_checks"])
     surrogate_fmodel = None if surrogate is None else foolbox_model(surrogate.model.to(world.device).eval(), world.device)
     for spec in specs:
         grid = grids[spec.name]
-        spec = _variant(spec, config, eot, votes, surrogate.model_hash if surrogate is not None else "")
-        todo = [e for e in grid if (spec.name, _row_hash(spec, e, grid), eps_key(e)) not in done]
+        spec = variant(spec, config, eot, votes, surrogate.model_hash if surrogate is not None else "")
+        todo = [e for e in grid if row_key(spec, e, grid) not in done]
         if not todo:
             continue
         spec_base = {**base, "attack": spec.name, "norm": spec.norm, "spec_hash": spec.spec_hash,
@@ -220,11 +200,6 @@ def _evaluate_model(source, specs, grids, config, store, world, progress, surrog
         step = Step(fmodel, x, y, shard, config, store, world, progress, task, surrogate_fmodel)
         {"minimization": _run_minimization, "fixed": _run_fixed, "suite": _run_suite}[spec.kind](spec, step, todo, spec_base)
     return store.table([source.model_hash]) if world.is_main else pd.DataFrame()
-
-
-def _row_hash(spec, eps: float, grid: list[float]) -> str:
-    """The spec_hash of a row at ε: the spec's, or for a suite one that names the grid it carries."""
-    return spec.row_hash(eps, grid) if isinstance(spec, Suite) else spec.spec_hash
 
 
 @full_fp32()
@@ -346,6 +321,14 @@ def _member_broken(member: AttackSpec, step: Step, eps: float, alive: torch.Tens
             if alive[a - lo : b - lo].any() and torch.isnan(d[a - lo : b - lo]).any():
                 d[a - lo : b - lo] = step.distances(member, a, b)
         return alive & (d <= eps)
+    if member.eps_free:  # FAB-T: each target's run decides every ε (`robench.attacks.fab_reuse`)
+        cache = distances.setdefault(member.name, FabTargets(len(step.y)))
+        where = alive.nonzero().flatten() + lo
+        for k in range(0, len(where), step.config.batch_size):
+            idx = where[k : k + step.config.batch_size]
+            broken[idx - lo] = cache.broken(member, step.fmodel, step.x, step.y, idx, eps, seed=step.config.seed,
+                                            surrogate=step.surrogate)  # fmt: skip
+        return broken
     if member.per_example:
         where = alive.nonzero().flatten() + lo
         for k in range(0, len(where), step.config.batch_size):

@@ -159,7 +159,8 @@ def paper_label(defense: str) -> str:
 NORM_SYMBOLS = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "imagenet": "ImageNet"}
 ATTACK_NAMES = {"noise": "White noise", "fgsm": "FGSM", "pgd": "PGD", "pgd-l2": "PGD", "cw": "Carlini-Wagner",
-                "ddn": "DDN", "square": "Square", "square-l2": "Square", "square-1k": "Square-1k"}  # fmt: skip
+                "ddn": "DDN", "square": "Square", "square-l2": "Square", "square-1k": "Square-1k",
+                "square-pe": "Square", "square-pe-1k": "Square-1k"}  # fmt: skip
 
 
 def attack_name(attack: str, params: str | None = None) -> str:

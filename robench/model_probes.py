@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a probe runs: reading model_checks (`from_json`) stays torch-free
+    import torch
+    from torch import nn
 
 PROBE_N = 100
 PASSES = 5
@@ -39,6 +39,8 @@ AUTOGRAD_ENTRY_POINTS = ("grad", "backward", "_make_grads")
 
 def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """The facts above on the first PROBE_N of (x, y); the model is left in eval mode, as attacks see it."""
+    import torch
+
     model.eval()
     x, y = x[:PROBE_N], y[:PROBE_N]
     with torch.no_grad():
@@ -64,6 +66,9 @@ def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
 
 def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """The share of examples whose cross-entropy gradient with respect to the input is exactly zero."""
+    import torch
+    import torch.nn.functional as F
+
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         loss = F.cross_entropy(model(x), y, reduction="sum")
@@ -75,6 +80,8 @@ def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> f
 
 def autograd_calls_in_forward(model: nn.Module, x: torch.Tensor) -> int:
     """How often one forward pass enters torch.autograd's grad or backward (AutoAttack's check_dynamic)."""
+    import torch
+
     calls = 0
 
     def trace(frame, event, arg):

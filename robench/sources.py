@@ -18,6 +18,7 @@ from torch import nn
 from . import checkpoint
 from .data import FOLDER_DATASETS, dataset_classes, dataset_info
 from .errors import RobenchError
+from .run_files import file_hash  # noqa: F401 - public here too
 from .models import MODELS, Normalize, build_model
 
 
@@ -31,15 +32,6 @@ class ModelSource:
     defense: str
     model_hash: str
     meta: dict
-
-
-def file_hash(path: str | Path) -> str:
-    """First 16 hex digits of the file's sha256: same weights, same rows."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def from_run(run_dir: str | Path) -> ModelSource:

@@ -111,7 +111,7 @@ def _attack_failure(rows: pd.DataFrame, tol: float, relations: dict) -> Findings
     and, for a cascade member, on its suite's row at that ε."""
     if "attack_failure" not in rows.columns:
         return {}
-    from .attacks.failure import FLAG_SHARE, from_json
+    from .attacks.failure_rows import FLAG_SHARE, from_json
 
     keyed = rows.assign(_eps=_eps_key(rows))
     found: dict = {}

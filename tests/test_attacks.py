@@ -68,7 +68,7 @@ def cw_distances(specs, fmodel, data):
 
 
 PAPER = ["cw", "fgsm", "noise", "pgd", "pgd-l2"]
-NEW = ["apgd-ce", "apgd-dlr", "apgd-ce-l2", "apgd-t", "apgd-t-l2", "ddn", "fab-t", "square", "square-1k", "square-l2", "square-pe"]
+NEW = ["apgd-ce", "apgd-dlr", "apgd-ce-l2", "apgd-t", "apgd-t-l2", "ddn", "fab-t", "square", "square-1k", "square-l2", "square-pe", "square-pe-1k"]
 
 
 # --- specs --------------------------------------------------------------------------------------

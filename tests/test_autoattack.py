@@ -74,22 +74,39 @@ def test_autoattack_is_at_least_as_strong_as_pgd_and_an_independent_targeted_att
     assert rows["autoattack", 0.1] < rows["autoattack", 0.0]  # it did bite
 
 
-def test_the_cascade_equals_every_member_on_every_example(tmp_path, trained_run):
+def test_the_cascade_equals_every_member_on_every_example(tmp_path, trained_run, monkeypatch):
+    """And Square (`square-pe`, robench's engine) is handed the survivors of the members before it, and
+    nothing else: the indices of every call it gets, per ε."""
+    from robench.attacks import robench_engine
+
     cascade, alone = tmp_path / "cascade.csv", tmp_path / "alone.csv"
     common = ["--n", "100", "--eps", "0,0.05,0.1", "--device", "cpu", "--quiet", "--batch-size", "30"]
+    handed: dict[float, list[int]] = {}
+    square = robench_engine.adversarials
+
+    def recorded(spec, model, images, labels, eps, *, seed, indices):
+        handed.setdefault(eps, []).extend(indices.tolist())
+        return square(spec, model, images, labels, eps, seed=seed, indices=indices)
+
+    monkeypatch.setattr(robench_engine, "adversarials", recorded)
     assert invoke("eval", trained_run, "--attack", "autoattack", *common, "--out", cascade).exit_code == 0
-    assert invoke("eval", trained_run, "--attack", "apgd-ce,apgd-t,fab-t,square", *common, "--out", alone).exit_code == 0
+    monkeypatch.setattr(robench_engine, "adversarials", square)
+    assert invoke("eval", trained_run, "--attack", "apgd-ce,apgd-t,fab-t,square-pe", *common, "--out", alone).exit_code == 0
     c, a = outcomes(cascade), outcomes(alone)
     broken_below = np.zeros(100, dtype=bool)  # the cascade's rule: broken at ε stays broken above it
     for eps in (0.0, 0.05, 0.1):
         vec = lambda df, attack: df[(df["attack"] == attack) & np.isclose(df["epsilon"], eps)].sort_values(  # noqa: E731
             "example")["robust"].to_numpy()
         survived = ~broken_below
-        for member in ("apgd-ce", "apgd-t", "fab-t", "square"):
+        for member in ("apgd-ce", "apgd-t", "fab-t", "square-pe"):
             survived &= vec(a, member) >= 1
             np.testing.assert_array_equal(vec(c, f"autoattack.{member}") >= 1, survived)
         np.testing.assert_array_equal(vec(c, "autoattack") >= 1, survived)
+        if eps > 0:  # Square got the survivors of FAB-T at ε, each once
+            before = np.flatnonzero(vec(c, "autoattack.fab-t") >= 1)
+            assert sorted(handed[eps]) == before.tolist() and len(before) > 0, eps
         broken_below = ~survived
+    assert set(handed) == {0.05, 0.1}
 
 
 def test_the_recheck_rejects_out_of_ball_and_out_of_box_adversarials(trained_model, mnist_test_small):
@@ -148,6 +165,43 @@ def test_fab_t_outcomes_do_not_depend_on_batch_composition(trained_model, mnist_
     assert 0 < whole.float().mean() < 1  # it broke some and not all: the comparison means something
 
 
+def test_fab_t_run_once_per_target_gives_each_eps_the_outcome_of_fab_t_at_that_eps(trained_model, mnist_test_small):
+    """The cascade's FAB-T (`robench.attacks.fab_reuse`) over a grid of ε, on the survivors as the cascade
+    hands them on (broken at ε stays broken), equals `fab-t` run at each ε alone, example by example, and
+    runs fewer target runs than one FAB-T per ε."""
+    from robench.attacks import fixed_eps_accuracy
+    from robench.attacks import torchattacks_engine
+    from robench.attacks.fab_reuse import FabTargets
+
+    model, _ = trained_model
+    spec = load_specs()["fab-t"]
+    assert spec.eps_free and not spec.variant(votes=20).eps_free  # a randomized model runs FAB-T at each ε
+    n = 40
+    x, y = to_unit_float(mnist_test_small[0][:n]), mnist_test_small[1][:n]
+    fmodel = foolbox_model(model, "cpu")
+    runs, single = [], torchattacks_engine.fab_target_run
+
+    def counted(spec, model, images, *args, **kwargs):
+        runs.append(len(images))
+        return single(spec, model, images, *args, **kwargs)
+
+    cache, alive = FabTargets(n), model(x).argmax(1) == y
+    torchattacks_engine.fab_target_run = counted
+    try:
+        for eps in (0.02, 0.05, 0.1, 0.15):
+            alone = fixed_eps_accuracy(spec, fmodel, x, y, eps, seed=0, indices=torch.arange(n)) >= 1
+            rows = alive.nonzero().flatten()
+            broken = cache.broken(spec, fmodel, x, y, rows, eps, seed=0)
+            assert torch.equal(alone[rows], ~broken), eps  # an example the carry dropped was broken below ε
+            assert not (alone & ~alive).any()  # FAB-T alone breaks what it broke at a smaller ε
+            alive[rows[broken]] = False
+            assert 0 < broken.sum() < len(rows) or eps == 0.15, eps  # the comparison has teeth
+    finally:
+        torchattacks_engine.fab_target_run = single
+    per_eps = 9 * int((model(x).argmax(1) == y).sum()) * 4  # an upper bound of one FAB-T per ε
+    assert sum(runs) < per_eps / 2, (sum(runs), per_eps)
+
+
 def test_attacks_lists_engines_and_bad_specs_get_one_line(tmp_path):
     result = invoke("attacks")
     assert result.exit_code == 0
@@ -175,7 +229,7 @@ def test_attacks_lists_engines_and_bad_specs_get_one_line(tmp_path):
 
 def test_suites_and_the_default_protocol():
     suites = load_suites()
-    assert [m.name for m in suites["autoattack"].members] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert [m.name for m in suites["autoattack"].members] == ["apgd-ce", "apgd-t", "fab-t", "square-pe"]
     assert {m.norm for m in suites["autoattack-l2"].members} == {"l2"}
     assert [a.name for a in resolve("default")] == ["noise", "fgsm", "pgd", "cw", "autoattack"]
     assert EvalConfig().attacks == "default"

@@ -194,7 +194,7 @@ def test_the_suite_row_at_an_eps_is_the_same_alone_or_after_a_grid(tmp_path, tra
     merged = a.merge(g, on=key, suffixes=("", "_grid"))
     assert len(merged) == len(a) == 4  # every row of the lone run is in the grid's store, under its key
     np.testing.assert_array_equal(merged["accuracy"], merged["accuracy_grid"])
-    carried = g[(g["attack"] == "autoattack-fast.square-1k") & np.isclose(g["epsilon"], 0.1)]
+    carried = g[(g["attack"] == "autoattack-fast.square-pe-1k") & np.isclose(g["epsilon"], 0.1)]
     assert {tuple(json.loads(p)["carried_eps"]) for p in carried["attack_params"]} == {(), (0.05,)}
     # both grids are one spec: every ε stays current, the worst case reads them all, the carried row is drawn
     everything = read_results(grid)

@@ -107,7 +107,7 @@ def test_rounding_the_input_fires_zero_gradients_on_gradient_attacks_only(evalua
     rows = evaluations["rounded"]
     flagged = rows[rows["flags"].str.contains("zero_gradients")]
     assert {"pgd", "fgsm", "autoattack-fast", "worst_case"} <= set(flagged["attack"])
-    assert "autoattack-fast.square-1k" not in set(flagged["attack"])  # Square needs no gradients
+    assert "autoattack-fast.square-pe-1k" not in set(flagged["attack"])  # Square needs no gradients
     assert not (rows[rows["epsilon"] == 0]["flags"].str.contains("zero_gradients")).any()
     # Square breaks what the zero gradients hid; the worst case a user reads says it rests on Square
     worst = rows[(rows["attack"] == "worst_case") & (rows["epsilon"] == 0.1)]
@@ -153,12 +153,12 @@ def test_blackbox_stronger_fires_when_square_breaks_what_gradients_left():
     from robench.checks import flag_rows
 
     def evaluation(square_after: float) -> pd.DataFrame:
-        suite = json.dumps({"suite": [["apgd-ce", "a"], ["apgd-t", "b"], ["square-1k", "c"]]})
+        suite = json.dumps({"suite": [["apgd-ce", "a"], ["apgd-t", "b"], ["square-pe-1k", "c"]]})
         base = {"model": "m", "norm": "linf", "epsilon": 0.1, "n": 1000, "seed": 0, "protocol": 3, "spec_hash": "h"}
         return pd.DataFrame([
             {**base, "attack": "autoattack-fast.apgd-ce", "accuracy": 0.50, "attack_params": "{}"},
             {**base, "attack": "autoattack-fast.apgd-t", "accuracy": 0.48, "attack_params": "{}"},
-            {**base, "attack": "autoattack-fast.square-1k", "accuracy": square_after, "attack_params": "{}"},
+            {**base, "attack": "autoattack-fast.square-pe-1k", "accuracy": square_after, "attack_params": "{}"},
             {**base, "attack": "autoattack-fast", "accuracy": square_after, "attack_params": suite},
         ])  # fmt: skip
 

@@ -97,13 +97,20 @@ class AttackSpec:
         adversarial its path met when its own return is not one."""
         return self.kind == "fixed" and self.uses_gradients and self.iterative and self.loss in ("ce", "dlr")
 
+    @property
+    def eps_free(self) -> bool:
+        """FAB-T with one restart on a deterministic model: each target's run never reads ε (no random start),
+        so one run per example and target decides every ε of a grid (`robench.attacks.fab_reuse`)."""
+        return (self.engine == "torchattacks" and self.class_name == "FAB" and self.params.get("n_restarts", 1) == 1
+                and bool(self.params.get("multi_targeted", False)) and self.votes <= 1)  # fmt: skip
+
     def variant(self, *, eot: int = 1, votes: int = 1, surrogate: str = "") -> "AttackSpec":
         """This spec as one evaluation runs it: EOT (where the engine can average gradients), a majority
         re-check, gradient steps on a surrogate model. Each changes `spec_hash`: rows never mix."""
         from dataclasses import replace
 
         gradients = self.uses_gradients and self.kind == "fixed"
-        return replace(self, eot=eot if gradients and _supports_eot(self) else 1, votes=votes,
+        return replace(self, eot=eot if eot > 1 and gradients and _supports_eot(self) else 1, votes=votes,
                        surrogate=surrogate if gradients else "")  # fmt: skip
 
     @property
@@ -174,13 +181,16 @@ def _spec_dir(directory: str | Path | None) -> Path | Any:
         return Path(__file__).resolve().parents[2] / "attacks"
 
 
-def load_specs(directory: str | Path | None = None, only: set[str] | None = None) -> dict[str, AttackSpec]:
+def load_specs(directory: str | Path | None = None, only: set[str] | None = None, *,
+               checked: bool = True) -> dict[str, AttackSpec]:  # fmt: skip
     """Load and validate every `*.toml` attack spec; returns {name: spec} sorted by name.
 
     Args:
         directory: where the specs lie; defaults to the packaged `robench.attack_specs`.
         only: load (and check against their engines, which imports them) just these names: an evaluation
             pays for the engines it uses, not for every file in the directory.
+        checked: False skips the engines (no import): the spec's kind comes from `static_kind`, and it is
+            good for its hash only (`robench.eval_done` asks the store with it), never for running.
     """
     root = _spec_dir(directory)
     specs = {}
@@ -193,14 +203,14 @@ def load_specs(directory: str | Path | None = None, only: set[str] | None = None
             continue
         if only is not None and file.name[: -len(".toml")] not in only:
             continue
-        spec = _parse_spec(data, stem=file.name[: -len(".toml")], where=f"attack spec {file.name}")
+        spec = _parse_spec(data, stem=file.name[: -len(".toml")], where=f"attack spec {file.name}", checked=checked)
         specs[spec.name] = spec
     if not specs and only is None:
         raise RobenchError(f"no attack specs (*.toml) found in {root}")
     return {name: specs[name] for name in sorted(specs)}
 
 
-def _parse_spec(data: dict, *, stem: str, where: str) -> AttackSpec:
+def _parse_spec(data: dict, *, stem: str, where: str, checked: bool = True) -> AttackSpec:
     """Check one spec's keys and types, then what only Foolbox can tell (class, params, norm)."""
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
@@ -223,7 +233,9 @@ def _parse_spec(data: dict, *, stem: str, where: str) -> AttackSpec:
     if class_name is None:
         raise RobenchError(f"{where}: missing key class (the attack class in its engine)")
     unavailable = ""
-    if engine == "torchattacks":
+    if not checked:
+        kind, per_ex = static_kind(engine, class_name), False
+    elif engine == "torchattacks":
         from .torchattacks_engine import check_class, installed, per_example
 
         if installed():
@@ -254,6 +266,25 @@ def _parse_spec(data: dict, *, stem: str, where: str) -> AttackSpec:
         per_example=per_ex, iterative=_is_iterative(data), engine=engine,
         access=data.get("access", "white-box"), loss=data.get("loss", ""), unavailable=unavailable,
     )  # fmt: skip
+
+
+# Foolbox 3.3.4's MinimizationAttack subclasses (tests/test_eval_done.py checks the list against Foolbox):
+# what `static_kind` knows without importing Foolbox.
+FOOLBOX_MINIMIZATION = frozenset({
+    "BinarizationRefinementAttack", "BinarySearchContrastReductionAttack", "BoundaryAttack", "DDNAttack",
+    "DatasetAttack", "EADAttack", "GaussianBlurAttack", "HopSkipJumpAttack", "InversionAttack",
+    "L0BrendelBethgeAttack", "L0FMNAttack", "L1BrendelBethgeAttack", "L1FMNAttack", "L2BrendelBethgeAttack",
+    "L2CarliniWagnerAttack", "L2DeepFoolAttack", "L2FMNAttack", "LInfFMNAttack",
+    "LinearSearchBlendedUniformNoiseAttack", "LinearSearchContrastReductionAttack", "LinfDeepFoolAttack",
+    "LinfinityBrendelBethgeAttack", "NewtonFoolAttack", "PointwiseAttack", "SaltAndPepperNoiseAttack",
+})  # fmt: skip
+
+
+def static_kind(engine: str, class_name: Any) -> str:
+    """A spec's kind without its engine: torchattacks and robench run fixed-ε attacks only; a Foolbox class
+    is a minimization attack when Foolbox says so (`FOOLBOX_MINIMIZATION`). A wrong answer here can only
+    give a hash no stored row has, so an `eval` runs instead of being skipped, never the reverse."""
+    return "minimization" if engine == "foolbox" and class_name in FOOLBOX_MINIMIZATION else "fixed"
 
 
 def _parse_relations(data: dict, where: str) -> tuple[str, tuple[str, ...]]:

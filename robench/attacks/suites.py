@@ -152,10 +152,11 @@ def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec
     return dict(sorted(suites.items()))
 
 
-def resolve(names: str, directory: str | Path | None = None) -> list[AttackSpec | Suite]:
+def resolve(names: str, directory: str | Path | None = None, *, checked: bool = True) -> list[AttackSpec | Suite]:
     """"pgd,autoattack", "default" (noise, FGSM, PGD, CW and AutoAttack) or "all" (every attack and
     suite) -> specs and suites, in the order given, without duplicates. Only the attacks named (and the
-    members of the suites named) are loaded and checked against their engines."""
+    members of the suites named) are loaded and checked against their engines (`checked=False`: not at
+    all, for their hashes only; see `load_specs`)."""
     spec_names, suite_members = _catalog(directory)
     known = {**dict.fromkeys(spec_names), **dict.fromkeys(suite_members)}
     wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -169,12 +170,12 @@ def resolve(names: str, directory: str | Path | None = None) -> list[AttackSpec 
             raise RobenchError(f"unknown attack {name!r}; choose from {', '.join(known)}, default, all")
     expanded = list(dict.fromkeys(expanded))
     needed = {n for n in expanded if n in spec_names} | {m for n in expanded for m in suite_members.get(n, [])}
-    specs = load_specs(directory, only=needed)
+    specs = load_specs(directory, only=needed, checked=checked)
     suites = load_suites(directory, specs, only={n for n in expanded if n in suite_members})
     chosen = [{**specs, **suites}[name] for name in expanded]
     if "all" in wanted:  # every attack this environment can run
         chosen = [c for c in chosen if not any(s.unavailable for s in _members(c))]
-    for item in chosen:
+    for item in chosen if checked else ():
         for spec in _members(item):
             check_available(spec)
     return chosen

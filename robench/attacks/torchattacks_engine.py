@@ -176,3 +176,26 @@ def adversarials(
     devices = [images.device.index or 0] if images.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         return attack(images, labels).detach()
+
+
+def fab_target_run(
+    spec: Any, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, target: int, *, seed: int,
+    indices: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The single run FAB-T's `perturb` makes for one target (2: the most likely wrong class, up to
+    n_classes), on these examples: (points, their size in the norm as torchattacks measures it (float32),
+    whether torchattacks' own check calls them fooled). The run reads no ε and draws nothing with one
+    restart, which is what lets `robench.attacks.fab_reuse` decide every ε from it. Unchecked: the caller
+    re-checks the point it uses."""
+    with torch.no_grad():
+        num_classes = int(model(images[:1]).shape[-1])
+    first = int(indices[0]) if len(indices) else 0
+    attack = build(spec, model, 0.0, (int(seed) * 1_000_003 + first) % (2**31), num_classes)
+    attack.target_class = int(target)
+    devices = [images.device.index or 0] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        points = attack.attack_single_run_targeted(images.clone(), labels.clone(), use_rand_start=False).detach()
+        fooled = attack.get_logits(points).max(1)[1] != labels
+    delta = (images - points).view(len(images), -1)
+    size = delta.abs().max(1)[0] if spec.params.get("norm", "Linf") == "Linf" else (delta**2).sum(-1).sqrt()
+    return points, size, fooled

@@ -338,6 +338,13 @@ class ResultsStore:
                                    "seed=? AND protocol=?", (model_hash, int(n), int(seed), int(protocol)))  # fmt: skip
         return {(a, s, float(e)) for a, s, e in cursor.fetchall()}
 
+    def model_checks(self, model_hash: str, n: int, seed: int, protocol: int) -> str | None:
+        """The model checks (`robench.model_probes`, JSON) the evaluation's latest row recorded, or None."""
+        found = self.conn.execute("SELECT model_checks FROM rows WHERE model_hash=? AND n=? AND seed=? AND "
+                                  "protocol=? AND model_checks IS NOT NULL ORDER BY id DESC LIMIT 1",
+                                  (model_hash, int(n), int(seed), int(protocol))).fetchone()  # fmt: skip
+        return None if found is None else found[0]
+
     def robust_vector(self, row: dict[str, Any]):
         """The per-example `robust` outcomes of the row with `row`'s key, or None."""
         found = self.conn.execute(
