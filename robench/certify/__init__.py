@@ -10,6 +10,6 @@ Importing this package loads torch only (scipy loads when the MILP runs).
 """
 
 from .api import TOLERANCE, CertifyResult, certified_radius, certify
-# milp later
+from .milp import verify_milp
 
 __all__ = ["TOLERANCE", "CertifyResult", "certified_radius", "certify", "verify_milp"]

@@ -92,10 +92,8 @@ def _chunk_size(ops: list, method: str, num_classes: int, crown_budget: int) -> 
     widest = max(math.prod(op.in_shape) for op in ops)
     per_example = 2 * (num_classes - 1) * widest
     for i, op in enumerate(ops):
-        if isinstance(op, NonlinearOp) and i > 0 and crown_cost(ops, i) <= crown_budget:
+        if method == "crown" and isinstance(op, NonlinearOp) and i > 1 and crown_cost(ops, i) <= crown_budget:
             per_example = max(per_example, 2 * crown_cost(ops, i))
-            if method == "ibp":
-                break
     return max(1, CHUNK_NUMBERS // per_example)
 
 
@@ -188,7 +186,8 @@ def certified_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm
     ops = build_ops(model, tuple(x.shape[1:]), dtype=dtype, device=x.device, who="certified_radius")
     y = y.to(x.device)
     top = torch.full((len(x),), float(hi), dtype=dtype, device=x.device)
-    low = torch.where(lower_margins(ops, x, y, top, norm, method, dtype, crown_budget) > tol, top, torch.zeros_like(top))
+    at_top = lower_margins(ops, x, y, top, norm, method, dtype, crown_budget) > tol
+    low = torch.where(at_top, top, torch.zeros_like(top))
     high = top.clone()
     for _ in range(steps):
         mid = (low + high) / 2

@@ -23,11 +23,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from ..models import Normalize
 from .layers import AffineOp, NonlinearOp
 from .relax import maxpool_backward, relu_backward, tanh_backward
 
 CROWN_BUDGET = 2_000_000  # numbers per example in one intermediate CROWN pass (16 MB in float64)
+PREFIX_BUDGET = 25_000_000  # numbers in the dense first affine map (200 MB in float64; LeNet's first conv fits)
 
 
 @dataclass(frozen=True)
@@ -102,27 +105,51 @@ def interval_bounds(ops: list, inputs: InputSet, *, crown: bool, crown_budget: i
     Args:
         ops: from `layers.build_ops`.
         inputs: the input set.
-        crown: tighten each nonlinear op's input interval with CROWN where that costs at most `crown_budget`
-            numbers per example (see the module docstring). False: plain IBP, except at the first
-            nonlinearity, whose input is an affine function of x: there the exact minimum over the set (a
-            CROWN pass with nothing to relax) is used when affordable, as IBP does for its first layer;
-            for L2 that is up to √d tighter than the enclosing box.
+        crown: tighten each later nonlinear op's input interval with CROWN where that costs at most
+            `crown_budget` numbers per example (see the module docstring). Either way the first
+            nonlinearity's input, an affine function of x, gets its exact interval over the set when
+            affordable (`_first_interval`), as IBP does for its first layer (Gowal et al. 2018): for L2 that is
+            up to √d tighter than the enclosing box.
 
     Returns:
         A list of len(ops) + 1 intervals; entry i is the input of ops[i], the last one the output.
     """
     lower, upper = inputs.lower, inputs.upper
     intervals: list[tuple[torch.Tensor, torch.Tensor]] = []
-    first_nonlinear = True
     for i, op in enumerate(ops):
-        if isinstance(op, NonlinearOp):
-            if i > 0 and (crown or first_nonlinear) and crown_cost(ops, i) <= crown_budget:
-                lower, upper = _crown_interval(ops, i, intervals, inputs, lower, upper)
-            first_nonlinear = False
+        if i == 1 and isinstance(op, NonlinearOp):
+            lower, upper = _first_interval(ops[0], inputs, lower, upper)
+        elif i > 1 and isinstance(op, NonlinearOp) and crown and crown_cost(ops, i) <= crown_budget:
+            lower, upper = _crown_interval(ops, i, intervals, inputs, lower, upper)
         intervals.append((lower, upper))
         lower, upper = op.interval(lower, upper)
     intervals.append((lower, upper))
     return intervals
+
+
+DIAGONAL = (Normalize, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, nn.Dropout, nn.Identity)
+
+
+def _first_interval(op: AffineOp, inputs: InputSet, lower: torch.Tensor, upper: torch.Tensor):
+    """The exact interval of the first affine map over the input set, intersected with IBP's.
+
+    Skipped where IBP is exact already (L∞, and at most one layer that is not diagonal: IBP's |A| rad is
+    then exact per output) or where the dense map would exceed PREFIX_BUDGET numbers. The dense map is the
+    same for every example, so this costs one matrix product per batch, not a backward pass per example.
+    """
+    mixing = sum(not isinstance(layer, DIAGONAL) for layer in op.layers)
+    if (inputs.norm == "linf" and mixing <= 1) or math.prod(op.in_shape) * math.prod(op.out_shape) > PREFIX_BUDGET:
+        return lower, upper
+    if op._dense is None:
+        op._dense = op.dense()
+    w, b = op._dense
+    w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
+    lo, hi = inputs.lower.flatten(1), inputs.upper.flatten(1)
+    low, high = lo @ w_pos.T + hi @ w_neg.T + b, hi @ w_pos.T + lo @ w_neg.T + b
+    if inputs.norm == "l2":
+        centre, reach = inputs.x.flatten(1) @ w.T + b, inputs.eps.unsqueeze(1) * w.norm(dim=1)
+        low, high = torch.maximum(low, centre - reach), torch.minimum(high, centre + reach)
+    return torch.maximum(lower, low.view_as(lower)), torch.minimum(upper, high.view_as(upper))
 
 
 def _crown_interval(ops, end, intervals, inputs, lower, upper):
@@ -145,9 +172,10 @@ def margin_spec(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> t
 
 
 def _box_min(lA: torch.Tensor, const: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """min of lA . z + const over the box lower <= z <= upper: lA . upper + max(lA, 0) . (lower - upper)."""
     flat = lA.flatten(2)
-    lo, hi = lower.flatten(1).unsqueeze(1), upper.flatten(1).unsqueeze(1)
-    return (flat.clamp(min=0) * lo + flat.clamp(max=0) * hi).sum(-1) + const
+    at_upper = torch.bmm(flat, upper.flatten(1).unsqueeze(2)).squeeze(2)
+    return at_upper + torch.bmm(flat.clamp(min=0), (lower - upper).flatten(1).unsqueeze(2)).squeeze(2) + const
 
 
 def margin_bounds(ops: list, inputs: InputSet, spec: torch.Tensor, method: str,

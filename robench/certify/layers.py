@@ -33,17 +33,20 @@ def flatten_layers(model: nn.Module, who: str = "certify") -> list[nn.Module]:
 
     Raises RobenchError naming the first layer no engine can bound, and its position in the flat list.
     """
-    if isinstance(model, nn.Sequential):
-        leaves = [leaf for child in model for leaf in flatten_layers(child, who)]
-    else:
-        leaves = [model]
+    leaves = _leaves(model)
     for position, layer in enumerate(leaves):
         if not isinstance(layer, AFFINE_TYPES) and type(layer) not in NONLINEAR_TYPES:
-            hint = "" if isinstance(model, nn.Sequential) or position else " (the model must be an nn.Sequential)"
+            hint = "" if isinstance(model, nn.Sequential) else " (the model must be an nn.Sequential)"
             raise RobenchError(f"{who}: unsupported layer {type(layer).__name__} at position {position}{hint} "
                                f"(supported: {SUPPORTED})")  # fmt: skip
         _check_variant(layer, position, who)
     return leaves
+
+
+def _leaves(model: nn.Module) -> list[nn.Module]:
+    if isinstance(model, nn.Sequential):
+        return [leaf for child in model for leaf in _leaves(child)]
+    return [model]
 
 
 def _check_variant(layer: nn.Module, position: int, who: str) -> None:
@@ -83,6 +86,29 @@ def _batchnorm_scale(layer: nn.Module) -> torch.Tensor:
     return scale * layer.weight if layer.weight is not None else scale
 
 
+def transpose(layer: nn.Module, v: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """A^T v for the linear part A of one affine layer, v of shape (N, *out_shape) -> (N, *in_shape).
+
+    Written out where it is one call (a forward pass on zeros just to differentiate it would double the cost
+    of CROWN's backward pass); average pooling goes through autograd, which is exact for a linear map.
+    """
+    if isinstance(layer, nn.Linear):
+        return v @ layer.weight
+    if isinstance(layer, nn.Conv2d):
+        return torch.nn.grad.conv2d_input((len(v), *in_shape), layer.weight, v, layer.stride, layer.padding,
+                                          layer.dilation, layer.groups)  # fmt: skip
+    if isinstance(layer, Normalize):
+        return v / layer.std
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return v * _batchnorm_scale(layer).view(1, -1, *([1] * (v.dim() - 2)))
+    if isinstance(layer, (nn.Flatten, nn.Dropout, nn.Identity)):
+        return v.reshape(len(v), *in_shape)
+    with torch.enable_grad():
+        zero = v.new_zeros((len(v), *in_shape), requires_grad=True)
+        (grad,) = torch.autograd.grad(layer(zero), zero, v)
+    return grad
+
+
 @dataclass
 class AffineOp:
     """Consecutive affine layers as one map z -> A z + b on a fixed per-example shape."""
@@ -91,8 +117,10 @@ class AffineOp:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     probe: torch.Tensor  # a scalar of the engines' dtype and device
+    shapes: list[tuple[int, ...]]  # each layer's input shape (one example)
     kind: str = "affine"
     _bias: torch.Tensor | None = field(default=None, repr=False)
+    _dense: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -114,19 +142,13 @@ class AffineOp:
         return mid - rad, mid + rad
 
     def backward(self, lA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lA A, lA . b): a linear function of the output, lA (B, S, *out), as one of the input.
-
-        A^T is applied by autograd (the map is affine, so its vector-Jacobian product at 0 is exactly A^T v),
-        which covers convolutions, pooling and reshapes without hand-written transposes.
-        """
+        """(lA A, lA . b): a linear function of the output, lA (B, S, *out), as one of the input."""
         batch, specs = lA.shape[:2]
-        const = (lA * self.bias(lA)).flatten(2).sum(-1)
-        if len(self.layers) == 1 and isinstance(self.layers[0], nn.Linear):
-            return lA @ self.layers[0].weight, const
-        with torch.enable_grad():
-            zero = lA.new_zeros((batch * specs, *self.in_shape), requires_grad=True)
-            (grad,) = torch.autograd.grad(self.forward(zero), zero, lA.reshape(batch * specs, *self.out_shape))
-        return grad.view(batch, specs, *self.in_shape), const
+        const = torch.bmm(lA.flatten(2), self.bias(lA).flatten().expand(batch, -1).unsqueeze(2)).squeeze(2)
+        flat = lA.reshape(batch * specs, *self.out_shape)
+        for layer, shape in zip(reversed(self.layers), reversed(self.shapes)):
+            flat = transpose(layer, flat, shape)
+        return flat.view(batch, specs, *self.in_shape), const
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W, b) on flattened shapes, W of shape (out_dim, in_dim): the map applied to the identity (for the MILP)."""
@@ -179,8 +201,9 @@ def build_ops(model: nn.Module, in_shape: tuple[int, ...], *, dtype: torch.dtype
             ops.append(NonlinearOp(kind, layer, shape, out_shape))
         elif ops and isinstance(ops[-1], AffineOp):
             ops[-1].layers.append(layer)
+            ops[-1].shapes.append(shape)
             ops[-1].out_shape = out_shape
         else:
-            ops.append(AffineOp([layer], shape, out_shape, probe.new_zeros(())))
+            ops.append(AffineOp([layer], shape, out_shape, probe.new_zeros(()), [shape]))
         probe, shape = out, out_shape
     return ops

@@ -16,11 +16,19 @@ from torch import nn
 
 
 def _combine(lA, lower_slope, lower_icpt, upper_slope, upper_icpt):
-    """lA' and c from per-neuron lower/upper lines a z + b, each (B, *shape)."""
-    pos, neg = lA.clamp(min=0), lA.clamp(max=0)
-    new = pos * lower_slope.unsqueeze(1) + neg * upper_slope.unsqueeze(1)
-    const = (pos * lower_icpt.unsqueeze(1) + neg * upper_icpt.unsqueeze(1)).flatten(2).sum(-1)
+    """lA' and c from per-neuron lower/upper lines a z + b, each (B, *shape).
+
+    lA' = lA a_u + max(lA, 0) (a_l - a_u) picks a_l where lA >= 0 and a_u elsewhere with one clamp; the
+    constants are batched matrix products, so no (B, S, n) product is held for them."""
+    pos = lA.clamp(min=0)
+    new = lA * upper_slope.unsqueeze(1) + pos * (lower_slope - upper_slope).unsqueeze(1)
+    const = _dot(lA, upper_icpt) + _dot(pos, lower_icpt - upper_icpt)
     return new, const
+
+
+def _dot(lA: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(B, S, *shape) . (B, *shape) -> (B, S)."""
+    return torch.bmm(lA.flatten(2), v.flatten(1).unsqueeze(2)).squeeze(2)
 
 
 def relu_backward(lA: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor):
@@ -97,9 +105,9 @@ def maxpool_backward(lA: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     exact = low_w.amax(2) >= others_max
     upper_const = torch.where(exact, torch.zeros_like(others_max), up_w.amax(2))
     lA_w = lA.reshape(batch, specs, channels, 1, -1)  # (B, S, C, 1, L)
-    pos, neg = lA_w.clamp(min=0), lA_w.clamp(max=0)
-    coef = pos * onehot.unsqueeze(1) + neg * (onehot * exact.unsqueeze(2)).unsqueeze(1)
-    const = (neg.squeeze(3) * upper_const.unsqueeze(1)).flatten(2).sum(-1)
+    neg = lA_w.clamp(max=0)
+    coef = (lA_w - neg) * onehot.unsqueeze(1) + neg * (onehot * exact.unsqueeze(2)).unsqueeze(1)
+    const = _dot(neg.squeeze(3), upper_const)
     kernel, stride = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
     padding, dilation = _pair(pool.padding), _pair(pool.dilation)
     size = (height + 2 * padding[0], width + 2 * padding[1])
