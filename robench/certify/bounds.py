@@ -6,15 +6,20 @@ Input sets are an L∞ or L2 ball of radius ε around x intersected with the pix
 - CROWN (Zhang et al. 2018): a linear function of the output (the spec) is pushed backward to the input
   through the relaxations of `relax.py` and minimized over the input set in closed form.
 
-Intermediate (pre-activation) bounds. CROWN needs [l, u] for every nonlinearity's input. For each one we
-run CROWN itself with the identity as spec (2 x the neuron count rows: lower and upper) when that costs
-at most `crown_budget` numbers per example (spec rows x the largest layer crossed); otherwise we keep the
-IBP interval. MLPs get CROWN everywhere; large convolutional layers (LeNet's 32x28x28 feature maps) get
-IBP intermediate bounds and CROWN for the final spec, which is CROWN-IBP's split (Zhang et al. 2020,
-"Towards stable and efficient training of verifiably robust neural networks"). Every CROWN interval is
-intersected with the IBP one (both are sound, so their intersection is), so CROWN's intermediate bounds
-are never looser than IBP's and, IBP being inclusion-monotone, neither is the IBP margin computed from them;
-`crown` returns the larger of that and the CROWN margin per spec row.
+Intermediate (pre-activation) bounds. CROWN needs [l, u] for every nonlinearity's input.
+- The first nonlinearity's input is an affine function of x: its exact interval over the set comes from
+  the dense map, once per batch (`_first_interval`), for both methods; for L∞ behind at most one mixing
+  layer IBP is already exact and this is skipped.
+- For each later one, CROWN runs with the identity as spec (2 x the neuron count rows: lower and upper)
+  when that costs at most `crown_budget` numbers per example (spec rows x the widest layer crossed);
+  otherwise the IBP interval is kept. MLPs get CROWN everywhere; large convolutional layers (LeNet's
+  32x28x28 feature maps) get IBP intermediate bounds and CROWN for the final spec, which is CROWN-IBP's
+  split (Zhang et al. 2020, "Towards stable and efficient training of verifiably robust neural networks").
+Every CROWN interval is intersected with the IBP one (both are sound, so their intersection is), so
+CROWN's intermediate bounds are never looser than IBP's and, IBP being inclusion-monotone, neither is the
+IBP margin computed from them; `crown` returns the larger of that and the CROWN margin per spec row, so an
+example IBP certifies CROWN certifies too. Within CROWN, max-pooling uses DeepPoly's linear relaxation
+(`relax.maxpool_backward`), not intervals.
 """
 
 from __future__ import annotations
