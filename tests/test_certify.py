@@ -355,7 +355,9 @@ def test_cuda_bounds_equal_cpu_bounds(conv, test_data):
 
 @pytest.mark.slow
 def test_milp_on_a_wider_mlp_and_more_images(train_data, mnist_test_small):
-    """784-32-32-10 (the issue's network), 6 epochs, 100 images at ε = 0.02 and 0.04: CROWN ⊂ MILP ⊂ PGD."""
+    """784-32-32-10 (the issue's network), 6 epochs, 100 images at ε = 0.02 and 0.04: CROWN ⊂ MILP ⊂ PGD.
+    Measured (~110 s on one core): ε 0.02: CROWN 78, MILP 79 + 21 broken, PGD 80; ε 0.04: CROWN 45, MILP 67 +
+    33 broken (0.9 s per image, at most 18 s), PGD 68; no unknowns."""
     model = _built(lambda: nn.Sequential(Normalize(*MNIST), nn.Flatten(), nn.Linear(784, 32), nn.ReLU(),
                                          nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)), seed=6)  # fmt: skip
     model = _train(model, *train_data, epochs=6, seed=6)

@@ -53,7 +53,7 @@ def relu_network(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[ReluNetwo
                                "Dropout, BatchNorm, Normalize)")  # fmt: skip
     ops = build_ops(model, in_shape, dtype=torch.float64, device=torch.device("cpu"), who="verify_milp")
     kinds = ["affine" if isinstance(op, AffineOp) else op.kind for op in ops]
-    if kinds[::2] != ["affine"] * len(kinds[::2]) or kinds[1::2] != ["relu"] * len(kinds[1::2]) or len(ops) % 2 == 0:
+    if kinds != ["relu" if k % 2 else "affine" for k in range(len(ops))] or len(ops) % 2 == 0:
         raise RobenchError("verify_milp: the network must alternate affine layers and ReLUs, first and last affine")
     dense = [op.dense() for op in ops[::2]]
     net = ReluNetwork([w.numpy() for w, _ in dense], [b.numpy() for _, b in dense], list(range(1, len(ops), 2)))
