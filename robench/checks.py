@@ -84,10 +84,11 @@ def _weaker_than_noise(rows: pd.DataFrame, tol: float, relations: dict) -> Findi
     Each adversarial attack is compared with the noise on its own, and its row is the one flagged."""
     keyed = rows.assign(_eps=_eps_key(rows))
     baseline = keyed["attack"].map(lambda a: _relation(relations, a).role == "baseline")
+    certified = keyed["attack"].map(lambda a: _relation(relations, a).role == "certified")  # a lower bound
     found = {}
     for norm in keyed.loc[baseline, "norm"].unique():
         noise = keyed[baseline & (keyed["norm"] == norm) & (keyed["_eps"] > 0)].groupby("_eps")["accuracy"].min()
-        for idx, row in keyed[~baseline & (keyed["norm"] == norm)].iterrows():
+        for idx, row in keyed[~baseline & ~certified & (keyed["norm"] == norm)].iterrows():
             level = noise.get(row["_eps"])
             if pd.notna(level) and row["accuracy"] > level + tol:
                 found[idx] = f"{row['attack']} accuracy {row['accuracy']:.3f} is above noise's {level:.3f}"
@@ -136,8 +137,8 @@ def _one_class(rows: pd.DataFrame, tol: float, relations: dict) -> Findings:
 
 
 from .trust_checks import (  # noqa: E402 - the trust checks, in CHECKS below
-    MODEL_FLAGS, TRUST_FLAGS, _attack_failure, _blackbox_alone, _blackbox_stronger, _dlr_stronger_than_ce,
-    _model_checks,
+    MODEL_FLAGS, TRUST_FLAGS, _attack_failure, _blackbox_alone, _blackbox_stronger, _certified_but_broken,
+    _dlr_stronger_than_ce, _model_checks,
 )  # fmt: skip
 
 
@@ -154,6 +155,7 @@ CHECKS: tuple[Check, ...] = (
     Check("ce_loss_masked", _dlr_stronger_than_ce),
     Check("blackbox_alone", _blackbox_alone),
     Check("attack_failure", _attack_failure),
+    Check("certified_but_broken", _certified_but_broken),
 )
 
 

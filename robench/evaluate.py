@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,13 +30,13 @@ import torch
 
 from . import __version__, distributed
 from .attacks import CHUNK, PROTOCOL, AttackSpec, foolbox_model, minimal_distances
-from .attacks.fab_reuse import FabTargets
 from .attacks.failure import as_json as failure_json, merge as merge_failures, per_row
 from .attacks.runners import Outcome, fixed_eps_outcomes
-from .attacks.suites import Suite, resolve
+from .attacks.suites import resolve
 from .data import load_dataset, to_unit_float
 from .devices import configure_tf32, full_fp32
 from .errors import RobenchError
+from .evaluate_cascade import _batches, _now, run_suite
 from .evaluate_keys import grid as _grid, randomness, row_key, variant
 from .untrusted import for_console
 from .jacobian import input_std, jacobian_norm
@@ -198,7 +197,8 @@ def _evaluate_model(source, specs, grids, config, store, world, progress, surrog
         size = shard[1] - shard[0]
         task = progress.add_task(for_console(f"{Path(source.name).name}: {spec.name}"), total=max(1, len(todo) * size), status="")
         step = Step(fmodel, x, y, shard, config, store, world, progress, task, surrogate_fmodel)
-        {"minimization": _run_minimization, "fixed": _run_fixed, "suite": _run_suite}[spec.kind](spec, step, todo, spec_base)
+        {"minimization": _run_minimization, "fixed": _run_fixed, "suite": run_suite,
+         "certified": _run_certified}[spec.kind](spec, step, todo, spec_base)  # fmt: skip
     return store.table([source.model_hash]) if world.is_main else pd.DataFrame()
 
 
@@ -241,14 +241,6 @@ def _load_test_set(source, config: EvalConfig, world: distributed.World):
     return to_unit_float(images.to(world.device, non_blocking=True)), labels.to(world.device), shard
 
 
-def _batches(spec: AttackSpec, shard: tuple[int, int], batch_size: int):
-    """(start, stop) of the attack calls in a shard: --batch-size for per-example attacks, else the
-    fixed CHUNKs of the image index (shards start on chunk boundaries)."""
-    lo, hi = shard
-    step = batch_size if spec.per_example else CHUNK
-    return [(start, min(start + step, hi)) for start in range(lo, hi, step)]
-
-
 def _run_fixed(spec: AttackSpec, step: Step, todo: list[float], spec_base: dict) -> None:
     """One row per epsilon, written (by rank 0, from every rank's outcomes) as soon as it is finished."""
     for eps in todo:
@@ -269,6 +261,33 @@ def _fixed_row(robust: torch.Tensor, eps: float, spec_base: dict, failures: list
             "attack_failure": failure_json(per_row(merge_failures(list(failures)), len(robust)))}  # fmt: skip
 
 
+def _run_certified(spec: AttackSpec, step: Step, todo: list[float], spec_base: dict) -> None:
+    """A certification (`robench.attacks.certify_engine`): per ε, per example certified / unknown / broken.
+    The row's accuracy counts the certified (a proven lower bound); the verdicts are its per-example values
+    (1, 0, -1) and its value the share left unknown."""
+    from .attacks.certify_engine import certified_outcomes
+    from .attacks.foolbox_engine import _torch_module
+
+    model = _torch_module(step.fmodel)
+    for eps in todo:
+        step.progress.update(step.task, status=f"eps={eps:g}")
+        robust, codes = [torch.zeros(0)], [torch.zeros(0, dtype=torch.float64)]
+        for start, stop in _batches(spec, step.shard, step.config.batch_size):
+            where = torch.arange(start, stop).to(step.x.device)
+            r, c = certified_outcomes(spec, model, step.x[where], step.y[where], eps)
+            robust.append(r)
+            codes.append(c)
+            step.progress.update(step.task, advance=stop - start)
+
+        def row(shards: list, eps: float = eps) -> list[dict]:
+            r = torch.cat([s[0] for s in shards]).double().numpy()
+            c = torch.cat([s[1] for s in shards]).numpy()
+            return [{**spec_base, "epsilon": eps, "accuracy": float(r.mean()), "value": float((c == 0).mean()),
+                     "timestamp": _now(), "_robust": r, "_value": c}]  # fmt: skip
+
+        step.world.collect((torch.cat(robust), torch.cat(codes)), lambda shards: step.store.add(row(shards)))
+
+
 def _run_minimization(spec: AttackSpec, step: Step, todo: list[float], spec_base: dict) -> None:
     """One attack run gives every epsilon's row (and the median minimal distance)."""
     step.progress.update(step.task, status="all eps at once")
@@ -277,93 +296,6 @@ def _run_minimization(spec: AttackSpec, step: Step, todo: list[float], spec_base
         parts.append(step.distances(spec, start, stop))
         step.progress.update(step.task, advance=(stop - start) * len(todo))
     step.world.collect(torch.cat(parts), lambda shards: step.store.add(_distance_rows(torch.cat(shards), todo, spec_base)))
-
-
-def _run_suite(suite: Suite, step: Step, todo: list[float], spec_base: dict) -> None:
-    """The cascade (see `robench.attacks.suites`): each member on the survivors of the earlier ones,
-    the run's ε grid in increasing order; at every ε to do, one row per member (robust so far) and the
-    suite's row, written by rank 0. An ε of the grid already in the store (its key names the same carried
-    grid) gives its survivors to the next one; the grid is the one asked for, never the store's."""
-    lo, hi = step.shard
-    alive = torch.cat([torch.zeros(0, dtype=torch.bool)] + [
-        step.fixed(suite.members[0], torch.arange(a, b), 0.0).robust >= 1 for a, b in _batches_of(lo, hi, step.config.batch_size)])
-    distances: dict[str, torch.Tensor] = {}
-    grid = _grid(suite, step.config, spec_base["dataset"])
-    for eps in (e for e in grid if e <= max(todo)):
-        if eps not in todo:  # done earlier: its survivors, from the store
-            key = {**spec_base, "spec_hash": suite.row_hash(eps, grid), "epsilon": eps}
-            stored = step.world.on_main(lambda: step.store.robust_vector(key))
-            if stored is not None:
-                alive &= torch.as_tensor(stored[lo:hi] >= 1)
-                continue  # else (a row without outcomes) it runs again: the carry needs its breaks
-        step.progress.update(step.task, status=f"eps={eps:g}")
-        after, failures = [], []
-        for member in suite.members:
-            found: list[dict] = []
-            if eps > 0 and alive.any():
-                alive &= ~_member_broken(member, step, eps, alive, distances, found)
-            after.append(alive.double())
-            failures.append(merge_failures(found))
-        step.progress.update(step.task, advance=hi - lo)
-        step.world.collect((after, failures), lambda parts: step.store.add(_suite_rows(suite, parts, eps, grid, spec_base)))
-
-
-def _member_broken(member: AttackSpec, step: Step, eps: float, alive: torch.Tensor, distances: dict,
-                   failures: list[dict]) -> torch.Tensor:  # fmt: skip
-    """Which of the shard's examples `member` breaks at ε, attacking only where it must: survivors
-    alone for per-example attacks, whole fixed chunks holding a survivor for the others. The member's
-    indicators of attack failure are appended to `failures`."""
-    lo, hi = step.shard
-    broken = torch.zeros(hi - lo, dtype=torch.bool)
-    if member.kind == "minimization":  # one run gives every ε: computed once, on chunks with survivors
-        d = distances.setdefault(member.name, torch.full((hi - lo,), float("nan"), dtype=torch.float64))
-        for a, b in _batches(member, step.shard, CHUNK):
-            if alive[a - lo : b - lo].any() and torch.isnan(d[a - lo : b - lo]).any():
-                d[a - lo : b - lo] = step.distances(member, a, b)
-        return alive & (d <= eps)
-    if member.eps_free:  # FAB-T: each target's run decides every ε (`robench.attacks.fab_reuse`)
-        cache = distances.setdefault(member.name, FabTargets(len(step.y)))
-        where = alive.nonzero().flatten() + lo
-        for k in range(0, len(where), step.config.batch_size):
-            idx = where[k : k + step.config.batch_size]
-            broken[idx - lo] = cache.broken(member, step.fmodel, step.x, step.y, idx, eps, seed=step.config.seed,
-                                            surrogate=step.surrogate)  # fmt: skip
-        return broken
-    if member.per_example:
-        where = alive.nonzero().flatten() + lo
-        for k in range(0, len(where), step.config.batch_size):
-            idx = where[k : k + step.config.batch_size]
-            outcome = step.fixed(member, idx, eps)
-            broken[idx - lo] = outcome.robust < 1
-            failures.append(outcome.failure)
-        return broken
-    for a, b in _batches(member, step.shard, CHUNK):
-        if alive[a - lo : b - lo].any():
-            outcome = step.fixed(member, torch.arange(a, b), eps)
-            broken[a - lo : b - lo] = outcome.robust < 1
-            failures.append(outcome.failure)
-    return broken & alive
-
-
-def _suite_rows(suite: Suite, parts: list, eps: float, grid: list[float], spec_base: dict) -> list[dict]:
-    """Rows of one ε: after each member (`<suite>.<member>`, with that member's indicators of attack
-    failure) and the suite's own (after all of them), all under the key that names the carried grid
-    (`Suite.row_hash`); member rows say what they count."""
-    per_member = [torch.cat([p[0][k] for p in parts]).numpy() for k in range(len(suite.members))]
-    failures = [merge_failures([p[1][k] for p in parts]) for k in range(len(suite.members))]
-    base = {**spec_base, "epsilon": eps, "spec_hash": suite.row_hash(eps, grid)}
-    rows = []
-    for member, robust, failure in zip(suite.members, per_member, failures):
-        rows.append({**base, "attack": suite.member_row_name(member), "attack_params": suite.member_params(member, eps, grid),
-                     "accuracy": float(robust.mean()), "timestamp": _now(), "_robust": robust,
-                     "attack_failure": failure_json(per_row(failure, len(robust)))})  # fmt: skip
-    rows.append({**base, "attack_params": suite.row_params(eps, grid), "accuracy": float(per_member[-1].mean()),
-                 "timestamp": _now(), "_robust": per_member[-1]})  # fmt: skip
-    return rows
-
-
-def _batches_of(lo: int, hi: int, size: int):
-    return [(a, min(a + size, hi)) for a in range(lo, hi, size)]
 
 
 def _distance_rows(distances: torch.Tensor, todo: list[float], spec_base: dict) -> list[dict]:
@@ -375,7 +307,3 @@ def _distance_rows(distances: torch.Tensor, todo: list[float], spec_base: dict) 
         rows.append({**spec_base, "epsilon": eps, "accuracy": float(robust.mean()), "value": median,
                      "timestamp": _now(), "_robust": robust, "_distance": d})  # fmt: skip
     return rows
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -121,15 +121,21 @@ def _write_report(paths, df: pd.DataFrame, out: Path, fmt: str, formats: tuple[s
         for figure_format in formats:
             files.append(inside(out, png_name(attack)[: -len(".png")] + "." + figure_format))
             save_figure(fig, files[-1], figure_format)
+    from .report_certified import CERTIFIED_PNG, write_certified
+
+    band_files, band_table = write_certified(rows, out, formats, short_labels(list(summary["model"])))
+    files += band_files
     context = dict(paths=paths, rows=rows, summary=summary, curves=curves, metas=metas,
-                   compared=comparisons(paths, current_rows(df), metas))
+                   compared=comparisons(paths, current_rows(df), metas), certified=band_table)
     files.append(out / "report.md")
-    write_text_atomic(files[-1], render_markdown(**context, images={a: png_name(a) for a in curves}))
+    write_text_atomic(files[-1], render_markdown(**context, images={a: png_name(a) for a in curves},
+                                                 certified_image=CERTIFIED_PNG))  # fmt: skip
     if fmt == "html":
-        inlined = {a: "data:image/png;base64," + base64.b64encode((out / png_name(a)).read_bytes()).decode()
-                   for a in curves}  # fmt: skip
+        inline = lambda name: "data:image/png;base64," + base64.b64encode((out / name).read_bytes()).decode()  # noqa: E731
         files.append(out / "report.html")
-        write_text_atomic(files[-1], markdown_to_html(render_markdown(**context, images=inlined)))
+        write_text_atomic(files[-1], markdown_to_html(render_markdown(
+            **context, images={a: inline(png_name(a)) for a in curves},
+            certified_image=inline(CERTIFIED_PNG) if band_files else "")))  # fmt: skip
     return Report(summary, files)
 
 

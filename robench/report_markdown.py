@@ -68,8 +68,10 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def render_markdown(
     *, paths: list, rows: pd.DataFrame, summary: pd.DataFrame, curves: dict[str, list[Curve]],
     metas: dict[str, dict | None], images: dict[str, str], compared: list[Comparison] = (),
+    certified: pd.DataFrame | None = None, certified_image: str = "",
 ) -> str:  # fmt: skip
-    """The report as markdown; `images` maps each attack to its PNG's address (file name or data URI)."""
+    """The report as markdown; `images` maps each attack to its PNG's address (file name or data URI), and
+    `certified_image` the certified band's (`robench.report_certified`, with its table `certified`)."""
     labels = short_labels(list(summary["model"]))
     lines = [
         "# robench report", "",
@@ -92,6 +94,10 @@ def render_markdown(
     from .trust_report import trust_section
 
     lines += trust_section(rows, labels)
+    if certified is not None and len(certified):
+        from .report_certified import certified_markdown
+
+        lines += certified_markdown(certified, labels, certified_image)
     lines += [
         "## Summary", "",
         "Three narrow tables, so each fits a page. AUC: the mean accuracy over the attack's ε grid "

@@ -6,6 +6,7 @@ Pure pandas: no Foolbox, no torch."""
 
 from __future__ import annotations
 
+import json
 from typing import Hashable
 
 import pandas as pd
@@ -45,7 +46,7 @@ def _model_checks(rows: pd.DataFrame, tol: float, relations: dict) -> Findings:
             found.setdefault(idx, []).append((name, reason))
 
     gradient_rows = _gradient_rows(rows, relations)
-    adversarial = rows.index[rows["attack"].map(lambda a: a == "worst_case" or _relation(relations, a).role != "baseline")
+    adversarial = rows.index[rows["attack"].map(lambda a: a == "worst_case" or _relation(relations, a).role == "adversarial")
                              & (_eps_key(rows) > 0)]  # fmt: skip
     n = probes.get("n", 0)
     if probes.get("randomized"):
@@ -223,6 +224,8 @@ MODEL_FLAGS = ("randomized_model", "zero_gradients", "probability_outputs", "too
                "blackbox_alone")  # fmt: skip
 # The flags of AutoAttack's checks, and what each means for the number (the report's trust section).
 TRUST_FLAGS = {
+    "certified_but_broken": "an example a certification proved robust was broken by an attack: a soundness bug "
+                            "(in robench.certify or the re-check), never sampling noise; trust neither row",
     "randomized_model": "outputs are random: attacked with EOT and re-checked by majority; an adaptive attack may do better",
     "zero_gradients": "some examples have exactly zero input gradients: gradient attacks cannot move them",
     "probability_outputs": "the model outputs probabilities: gradient attacks on them are weakened",
@@ -236,3 +239,23 @@ TRUST_FLAGS = {
     "incomplete_optimization": "an attack was still gaining at its last steps: more steps would break more",
     "non_converging": "an attack's loss kept climbing back: its steps are too large to settle",
 }
+
+
+def _certified_but_broken(rows: pd.DataFrame, tol: float, relations: dict) -> Findings:
+    """A certification's proof and an attack's re-checked adversarial cannot both hold for one example: the
+    worst_case row counts such examples (robench.results.derived); it and the certification's row at that
+    ε are flagged, whatever the tolerance."""
+    found: dict = {}
+    keyed = rows.assign(_eps=_eps_key(rows))
+    for idx, row in keyed[keyed["attack"] == "worst_case"].iterrows():
+        try:
+            conflicts = json.loads(str(row.get("attack_params") or "{}")).get("certified_but_broken") or {}
+        except (ValueError, AttributeError):
+            continue
+        for attack, count in conflicts.items():
+            reason = f"{count} example(s) {attack} certified at eps={row['_eps']:g} were broken by an attack"
+            found.setdefault(idx, []).append(("certified_but_broken", reason))
+            for other in keyed.index[(keyed["attack"] == attack) & (keyed["_eps"] == row["_eps"])
+                                     & (keyed["norm"] == row["norm"])]:  # fmt: skip
+                found.setdefault(other, []).append(("certified_but_broken", reason))
+    return found

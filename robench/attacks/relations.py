@@ -24,7 +24,7 @@ class Relation:
     @property
     def uses_gradients(self) -> bool:
         """An adversarial attack that follows the model's input gradients (not noise, not Square)."""
-        return self.role != "baseline" and self.access == "white-box"
+        return self.role == "adversarial" and self.access == "white-box"
 
 
 def relations(directory: str | Path | None = None) -> dict[str, Relation]:

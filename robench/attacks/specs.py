@@ -29,7 +29,8 @@ REQUIRED_KEYS = ("name", "description", "params", "norm", "eps")
 OPTIONAL_KEYS = ("repeats", "role", "stronger_than", "engine", "class", "foolbox_class", "access", "loss")
 ACCESS = ("white-box", "black-box")  # black-box: outputs only (Square), so masked gradients cannot mislead it
 ENGINES = ("foolbox", "torchattacks", "robench")
-ROLES = ("adversarial", "baseline")  # baseline: not an adversary (noise); excluded from the worst case
+ROLES = ("adversarial", "baseline", "certified")  # baseline: not an adversary (noise); certified: a proven lower
+# bound (robench.attacks.certify_engine). Neither joins the worst case.
 # Attacks whose outcome couples the examples of one call (CW's abort_early looks at the batch's summed
 # loss) or that draw randomness robench cannot give per example run on these fixed chunks of the
 # image index, each seeded from (seed, chunk start): their results then never depend on --batch-size.
@@ -54,7 +55,8 @@ class AttackSpec:
         kind: "fixed" or "minimization", derived from the Foolbox class.
         repeats: independent random draws whose accuracies are averaged (noise).
         eps: default ε grid per dataset name.
-        role: "adversarial" (the default) or "baseline" (noise: a yardstick, never part of the worst case).
+        role: "adversarial" (the default), "baseline" (noise: a yardstick, never part of the worst case) or
+            "certified" (a certification: its rows are lower bounds, `robench.attacks.certify_engine`).
         stronger_than: attacks this one must never be weaker than at equal ε (a honesty check).
         per_example: derived from the class: every example's outcome depends on that example alone
             (and on its own random draws), so the attack may run in batches of any size.
@@ -88,7 +90,7 @@ class AttackSpec:
     @property
     def uses_gradients(self) -> bool:
         """An adversarial attack that follows the model's input gradients (not noise, not Square)."""
-        return self.role != "baseline" and self.access == "white-box"
+        return self.role == "adversarial" and self.access == "white-box"
 
     @property
     def traced(self) -> bool:
@@ -243,6 +245,10 @@ def _parse_spec(data: dict, *, stem: str, where: str, checked: bool = True) -> A
         else:  # listed, and refused in one line when asked for (`resolve_attacks`, `suites.resolve`)
             kind, unavailable = "fixed", f"attack {stem!r} needs torchattacks, which is not installed (pip install torchattacks==3.3.0)"
         per_ex = per_example(class_name)
+    elif engine == "robench" and class_name in CERTIFY_CLASSES:  # certification: per example by construction
+        from .certify_engine import check_class as check_certify
+
+        kind, per_ex = check_certify(class_name, data["params"], data["norm"], where), True
     elif engine == "robench":  # robench's own attacks: randomness per example by construction
         from .robench_engine import check_class as check_robench
 
@@ -255,6 +261,9 @@ def _parse_spec(data: dict, *, stem: str, where: str, checked: bool = True) -> A
     if kind == "minimization" and repeats != 1:
         raise RobenchError(f"{where}: repeats applies to fixed-eps attacks only")
     role, stronger = _parse_relations(data, where)
+    if (role == "certified") != (kind == "certified"):
+        raise RobenchError(f"{where}: role 'certified' goes with a certification class ({', '.join(CERTIFY_CLASSES)}) "
+                           "and only with one")  # fmt: skip
     if data.get("access", "white-box") not in ACCESS:
         raise RobenchError(f"{where}: access must be one of {', '.join(ACCESS)}, got {data.get('access')!r}")
     if not isinstance(data.get("loss", ""), str):
@@ -280,10 +289,15 @@ FOOLBOX_MINIMIZATION = frozenset({
 })  # fmt: skip
 
 
+CERTIFY_CLASSES = ("Certify", "VerifyMILP")  # robench.attacks.certify_engine.CLASSES, named without importing it
+
+
 def static_kind(engine: str, class_name: Any) -> str:
     """A spec's kind without its engine: torchattacks and robench run fixed-ε attacks only; a Foolbox class
     is a minimization attack when Foolbox says so (`FOOLBOX_MINIMIZATION`). A wrong answer here can only
     give a hash no stored row has, so an `eval` runs instead of being skipped, never the reverse."""
+    if engine == "robench" and class_name in CERTIFY_CLASSES:
+        return "certified"
     return "minimization" if engine == "foolbox" and class_name in FOOLBOX_MINIMIZATION else "fixed"
 
 

@@ -141,8 +141,8 @@ def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec
                 raise RobenchError(f"{where}: unknown attack {name!r} (attacks: {', '.join(sorted(specs))})")
             if specs[name].norm != data["norm"]:
                 raise RobenchError(f"{where}: {name} is an {specs[name].norm} attack in an {data['norm']} suite")
-            if specs[name].role == "baseline":
-                raise RobenchError(f"{where}: {name} is a baseline, not an adversary")
+            if specs[name].role != "adversarial":
+                raise RobenchError(f"{where}: {name} is a {specs[name].role}, not an adversary")
         eps = {d: _parse_grid(g, f"{where}: eps.{d}") for d, g in data["eps"].items()} if isinstance(data["eps"], dict) else {}
         eot = data.get("eot")
         if eot is not None and (not isinstance(eot, int) or isinstance(eot, bool) or not 1 <= eot <= 1000):
@@ -154,7 +154,7 @@ def load_suites(directory: str | Path | None = None, specs: dict[str, AttackSpec
 
 def resolve(names: str, directory: str | Path | None = None, *, checked: bool = True) -> list[AttackSpec | Suite]:
     """"pgd,autoattack", "default" (noise, FGSM, PGD, CW and AutoAttack) or "all" (every attack and
-    suite) -> specs and suites, in the order given, without duplicates. Only the attacks named (and the
+    suite; certifications only when named too) -> specs and suites, in the order given, without duplicates. Only the attacks named (and the
     members of the suites named) are loaded and checked against their engines (`checked=False`: not at
     all, for their hashes only; see `load_specs`)."""
     spec_names, suite_members = _catalog(directory)
@@ -173,8 +173,9 @@ def resolve(names: str, directory: str | Path | None = None, *, checked: bool = 
     specs = load_specs(directory, only=needed, checked=checked)
     suites = load_suites(directory, specs, only={n for n in expanded if n in suite_members})
     chosen = [{**specs, **suites}[name] for name in expanded]
-    if "all" in wanted:  # every attack this environment can run
-        chosen = [c for c in chosen if not any(s.unavailable for s in _members(c))]
+    if "all" in wanted:  # every attack this environment can run; certifications only when named
+        chosen = [c for c in chosen if not any(s.unavailable for s in _members(c))
+                  and (c.kind != "certified" or c.name in wanted)]  # fmt: skip
     for item in chosen if checked else ():
         for spec in _members(item):
             check_available(spec)

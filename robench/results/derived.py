@@ -4,7 +4,11 @@ For one evaluation (model, first n images, seed, protocol) and one norm, the `wo
 the fraction of examples robust under every adversarial attack of that norm at ε: an example counts
 as broken when any fixed-ε attack broke it at ε, or when a minimization attack (CW) found an
 adversarial at distance ≤ ε (so CW's distances fold into every ε, on its grid or not). Baselines
-(noise, `role = "baseline"` in its spec) are not adversaries and never join. Only the latest spec of
+(noise, `role = "baseline"` in its spec) are not adversaries and never join, nor do certifications
+(`role = "certified"`: proven lower bounds); but an example a certification proved robust that the worst
+case breaks is a soundness bug, and the worst_case row says so (`certified_but_broken` in its
+attack_params, and in its hash, so the row is derived anew when such a row joins; robench.trust_checks
+flags it). Only the latest spec of
 each attack takes part, and only rows that kept their outcomes. A row needs two or more attacks at its
 ε; it is recomputed whenever another attack's row joins the evaluation. Rows of the same model, seed
 and protocol on more images join with their first n outcomes where those are exactly what n images give
@@ -57,7 +61,7 @@ def latest_members(rows: list[dict[str, Any]], relations: dict) -> list[dict[str
     return [
         r for r in rows
         if r["attack"] in latest and spec_family(r["spec_hash"], r.get("attack_params")) == latest[r["attack"]]
-        and r.get("_robust") is not None and relations.get(r["attack"], Relation()).role != "baseline"
+        and r.get("_robust") is not None and relations.get(r["attack"], Relation()).role == "adversarial"
     ]  # fmt: skip
 
 
@@ -99,6 +103,10 @@ def worst_case_rows(rows: list[dict[str, Any]], relations: dict) -> list[dict[st
                 counted = sorted({(r["attack"], r["spec_hash"], eps_key(r["epsilon"]) if r.get("_distance") is None else -1.0)
                                   for r in used})  # every row that counts (a minimizer: at every ε)  # fmt: skip
                 row_hash = hashlib.sha256(json.dumps([norm, counted]).encode()).hexdigest()[:12]
+            conflicts = _certified_but_broken(rows, relations, norm, eps, robust)
+            if conflicts:
+                params["certified_but_broken"] = conflicts
+                row_hash = hashlib.sha256(json.dumps([row_hash, conflicts], sort_keys=True).encode()).hexdigest()[:12]
             template = rows[-1] if rows else used[0]
             out.append({
                 **{k: template[k] for k in ("model", "dataset", "defense", "n", "seed", "model_hash", "protocol",
@@ -110,3 +118,18 @@ def worst_case_rows(rows: list[dict[str, Any]], relations: dict) -> list[dict[st
                 "_robust": robust, "_distance": None, "_value": None,
             })  # fmt: skip
     return out
+
+
+def _certified_but_broken(rows: list[dict[str, Any]], relations: dict, norm: str, eps: float,
+                          robust: np.ndarray) -> dict[str, int]:  # fmt: skip
+    """{certification: how many of the examples it proved robust at ε the worst case breaks}, where any."""
+    from ..attacks import Relation
+
+    found = {}
+    for r in rows:
+        if (relations.get(r["attack"], Relation()).role == "certified" and r["norm"] == norm
+                and eps_key(r["epsilon"]) == eps and r.get("_robust") is not None):  # fmt: skip
+            certified = np.asarray(r["_robust"], dtype=float) >= 1.0
+            if len(certified) == len(robust) and (count := int((certified & (robust < 1.0)).sum())):
+                found[r["attack"]] = found.get(r["attack"], 0) + count
+    return found

@@ -1,0 +1,102 @@
+"""Certification as attack specs: `certify-ibp`, `certify-crown` and `verify-milp` in attacks/ (engine
+"robench", `role = "certified"`), run by `robench eval` like any attack and stored as result rows.
+
+Their rows are lower bounds, not attacks: per example, robust is 1 only where the example is certified
+(proved: nothing in the ε-ball ∩ [0, 1] changes the prediction); the verdict itself ("certified",
+"broken": a re-checked counterexample, "unknown": neither) is kept beside it, in the per-example `value`
+of the outcomes (1, -1, 0: `STATUS_CODE`), and the row's `value` is the share left unknown. The row's
+accuracy and interval therefore count unknown as not certified. Certified rows never join the worst case
+(robench.results.derived), and a certified example that any attack breaks is flagged as a bug
+(`certified_but_broken`, robench.trust_checks). The bounds are robench.certify's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..errors import RobenchError
+
+STATUS_CODE = {"certified": 1.0, "unknown": 0.0, "broken": -1.0}
+KIND = "certified"
+
+
+class Certify:
+    """Bound propagation at a fixed ε (robench.certify.certify): IBP or CROWN, L∞ or L2.
+
+    Args:
+        method: "ibp" (interval bounds) or "crown" (backward linear relaxation; never looser than IBP).
+    """
+
+    def __init__(self, method: str = "crown"):
+        if method not in ("ibp", "crown"):
+            raise ValueError(f"method must be 'ibp' or 'crown', got {method!r}")
+        self.method = method
+
+    def __call__(self, model, x, y, eps: float, norm: str):
+        from ..certify import certify
+
+        return certify(model, x, y, eps, norm=norm, method=self.method)
+
+
+class VerifyMILP:
+    """Exact verification of a small ReLU network by mixed-integer programming (robench.certify.verify_milp),
+    L∞ only, with a time limit per example (an example out of time is unknown, and counted).
+
+    Args:
+        time_limit: seconds per example.
+        bounds: the pre-activation bounds that tighten the program ("crown" or "ibp").
+    """
+
+    def __init__(self, time_limit: float = 30.0, bounds: str = "crown"):
+        if not time_limit > 0 or bounds not in ("ibp", "crown"):
+            raise ValueError("time_limit must be > 0 and bounds 'ibp' or 'crown'")
+        self.time_limit, self.bounds = float(time_limit), bounds
+
+    def __call__(self, model, x, y, eps: float, norm: str):
+        from ..certify import verify_milp
+
+        return verify_milp(model, x, y, eps, norm=norm, time_limit=self.time_limit, bounds=self.bounds)
+
+
+CLASSES = {"Certify": Certify, "VerifyMILP": VerifyMILP}
+NORMS = {"Certify": ("linf", "l2"), "VerifyMILP": ("linf",)}
+
+
+def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
+    """Validate a certification spec against its class's signature and norms; returns its kind."""
+    from .specs import _check_type
+
+    cls = CLASSES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise RobenchError(f"{where}: unknown robench certification class {name!r} (robench runs: {', '.join(CLASSES)})")
+    signature = inspect.signature(cls.__init__).parameters
+    bad = sorted(set(params) - set(signature) - {"self"})
+    if bad:
+        raise RobenchError(f"{where}: {name} takes no parameter {bad[0]!r}")
+    for key, value in params.items():
+        _check_type(value, signature[key].default, f"{where}: {name} parameter {key!r}")
+    if norm not in NORMS[name]:
+        raise RobenchError(f"{where}: {name} certifies norm {' or '.join(NORMS[name])}, not {norm!r}")
+    try:
+        cls(**params)
+    except ValueError as exc:
+        raise RobenchError(f"{where}: {name}: {exc}") from None
+    return KIND
+
+
+def certified_outcomes(spec: Any, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(robust: 1.0 where certified, float (N,) on CPU; status codes float64 (N,): 1 certified, 0 unknown,
+    -1 broken). A verdict of "broken" is only ever a re-checked counterexample (or a misclassified clean
+    input); ε = 0 certifies exactly the clean-correct examples."""
+    from .verify import _clean_correct
+
+    correct = _clean_correct(model, images, labels).cpu()
+    if eps == 0 or len(labels) == 0:
+        return correct.float(), torch.where(correct, 1.0, -1.0).double()
+    result = CLASSES[spec.class_name](**spec.params)(model, images, labels, float(eps), spec.norm)
+    codes = torch.tensor([STATUS_CODE[s] for s in result.status], dtype=torch.float64)
+    return (codes == 1).float(), codes
