@@ -9,8 +9,9 @@ same attack run 5x longer (1,000 steps per binary-search step). Run:
         [--cw-check] [--write]
 
 `--write` puts the table into docs/PERFORMANCE.md between this benchmark's markers.
-`--autoattack N [--run RUN_DIR] [--aa-eps 0,0.05,0.1,0.15,0.2]` instead times robench's AutoAttack
-suite (a cascade) against torchattacks' `AutoAttack(version="standard")` on the first N images.
+`--autoattack N [--run RUN_DIR] [--aa-eps 0,0.05,0.1,0.15,0.2]` instead runs `bench_autoattack.py`:
+robench's AutoAttack suite (a cascade) against torchattacks' `AutoAttack(version="standard")` on the
+first N images, per example.
 """
 
 from __future__ import annotations
@@ -188,66 +189,6 @@ def trained_lenet(run: str | None, device) -> torch.nn.Module:
         return from_run(tmp).model.to(device).eval()
 
 
-def autoattack_race(run: str | None, n: int, grid: list[float], device) -> list[str]:
-    """robench's `--attack autoattack` (a cascade over examples and ε) against torchattacks'
-    AutoAttack(version="standard") run at each ε, on the same model and first n images, one after
-    the other in this process. Both accuracies are re-checked the same way (robench's verifier)."""
-    import torchattacks
-
-    from robench.attacks import verify_adversarials
-    from robench.evaluate import EvalConfig, evaluate
-    from robench.results import read_results
-    from robench.sources import from_run
-
-    with tempfile.TemporaryDirectory(prefix="bench-aa-") as tmp:
-        if run is None:
-            from robench.train import TrainConfig, train
-
-            train(TrainConfig(model="lenet", jr=0.01, epochs=1, train_subset=10_000, test_subset=1000,
-                              norm_samples=0, lr=0.05, device=str(device)), Path(tmp) / "run", show_progress=False)
-            run = str(Path(tmp) / "run")
-        source = from_run(run)
-        model = source.model.to(device).eval()
-        images, labels = load_dataset("mnist", "test", subset=n)
-        x, y = to_unit_float(images).to(device), labels.to(device)
-        fmodel = foolbox_model(model, device)
-        t0 = time.perf_counter()
-        evaluate([source], EvalConfig(attacks="autoattack", eps=tuple(grid), n=n, device=str(device)),
-                 out=Path(tmp) / "aa.csv", show_progress=False)  # fmt: skip
-        ours_s = time.perf_counter() - t0
-        rows = read_results(Path(tmp) / "aa.csv")
-        ours = {e: rows.query("attack == 'autoattack' and epsilon == @e")["accuracy"].item() for e in grid}
-        theirs, theirs_s = {}, 0.0
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for eps in grid:
-            t0 = time.perf_counter()
-            if eps == 0:
-                with torch.no_grad():
-                    theirs[eps] = (model(x).argmax(1) == y).double().mean().item()
-            else:
-                attack = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
-                advs = attack(x, y)
-                broken = verify_adversarials(fmodel, x, advs, y, eps, "linf")
-                with torch.no_grad():
-                    correct = model(x).argmax(1) == y
-                theirs[eps] = (correct & ~broken).double().mean().item()
-            sync(device)
-            theirs_s += time.perf_counter() - t0
-    lines = [f"AutoAttack (L-inf), JR LeNet' (`{run}`), first {n} MNIST test images, eps grid "
-             f"{', '.join(f'{e:g}' for e in grid)}; device: {device_label(device)}, torch {torch.__version__}", "",
-             "| | wall time | " + " | ".join(f"acc. at {e:g}" for e in grid) + " |",
-             "|---|---|" + "---|" * len(grid)]  # fmt: skip
-    lines.append(f"| robench `--attack autoattack` (APGD-CE > APGD-T > Square 5000, cascaded over examples and eps) "
-                 f"| {ours_s:.0f} s | " + " | ".join(f"{ours[e]:.3f}" for e in grid) + " |")
-    lines.append("| torchattacks `AutoAttack(version=\"standard\")` (APGD-CE, APGD-T, FAB-T, Square 5000), per eps "
-                 f"| {theirs_s:.0f} s | " + " | ".join(f"{theirs[e]:.3f}" for e in grid) + " |")
-    worse = max(ours[e] - theirs[e] for e in grid)
-    lines += ["", f"Speed-up {theirs_s / ours_s:.2f}x; robench's accuracy minus torchattacks' at worst {worse:+.3f} "
-              "(target: at least 2x, at most +0.005)."]
-    return lines
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -262,12 +203,11 @@ def main(argv=None) -> None:
     parser.add_argument("--aa-eps", default="0,0.05,0.1,0.15,0.2", help="eps grid of --autoattack")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    if args.autoattack is not None:
-        lines = autoattack_race(args.run, args.autoattack, [float(e) for e in args.aa_eps.split(",")], device)
-        print("\n".join(lines))
-        if args.write:
-            write_section("bench_autoattack", "## AutoAttack: `benchmarks/bench_eval.py --autoattack N`\n\n"
-                          + "\n".join(lines))
+    if args.autoattack is not None:  # the race lives in bench_autoattack.py; this form keeps working
+        from bench_autoattack import main as autoattack_main
+
+        autoattack_main(["--n", str(args.autoattack), "--eps", args.aa_eps, "--device", args.device]
+                        + (["--run", args.run] if args.run else []) + (["--write"] if args.write else []))
         return
     torch.manual_seed(0)
     model = trained_lenet(args.run, device)
