@@ -130,3 +130,19 @@ def test_spec_errors_are_one_line(tmp_path):
                                        'norm = "linf"\n[params]\n[eps]\nmnist = [0, 0.1]\n')  # fmt: skip
     with pytest.raises(RobenchError, match="role 'certified' goes with a certification class"):
         load_specs(tmp_path)
+
+
+def test_the_report_draws_the_band(evaluated, tmp_path):
+    """certified.png and the section's table: certified (best certification) <= worst case at every ε."""
+    from robench.report import write_report
+
+    written = write_report([evaluated], tmp_path / "report")
+    names = {f.name for f in written.files}
+    assert "certified.png" in names and (tmp_path / "report" / "certified.png").stat().st_size > 10_000
+    text = (tmp_path / "report" / "report.md").read_text()
+    section = text.split("## Certified beside attacked", 1)[1].split("\n## ", 1)[0]
+    table = [line.split(" | ") for line in section.splitlines() if line.startswith("| `small-mlp`")]
+    assert len(table) == len(EPS)  # one row per ε of the grid (ε 0 included: both ends are clean accuracy)
+    for cells in table:
+        certified, worst = float(cells[3]), float(cells[6])
+        assert certified <= worst + 1e-12 and cells[4] in CERTIFIERS
