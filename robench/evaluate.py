@@ -265,10 +265,20 @@ def _run_certified(spec: AttackSpec, step: Step, todo: list[float], spec_base: d
     """A certification (`robench.attacks.certify_engine`): per ε, per example certified / unknown / broken.
     The row's accuracy counts the certified (a proven lower bound); the verdicts are its per-example values
     (1, 0, -1) and its value the share left unknown."""
-    from .attacks.certify_engine import certified_outcomes
+    from .attacks.certify_engine import certified_outcomes, certified_radii
     from .attacks.foolbox_engine import _torch_module
 
     model = _torch_module(step.fmodel)
+    if spec.class_name == "CertifiedRadius":  # one bisection per example gives every ε
+        step.progress.update(step.task, status="all eps at once")
+        parts = [torch.zeros(0, dtype=torch.float64)]
+        for start, stop in _batches(spec, step.shard, step.config.batch_size):
+            where = torch.arange(start, stop).to(step.x.device)
+            parts.append(certified_radii(spec, model, step.x[where], step.y[where]))
+            step.progress.update(step.task, advance=(stop - start) * len(todo))
+        step.world.collect(torch.cat(parts), lambda shards: step.store.add(
+            _distance_rows(torch.cat(shards), todo, spec_base, certified=True)))
+        return
     for eps in todo:
         step.progress.update(step.task, status=f"eps={eps:g}")
         robust, codes = [torch.zeros(0)], [torch.zeros(0, dtype=torch.float64)]
@@ -298,12 +308,15 @@ def _run_minimization(spec: AttackSpec, step: Step, todo: list[float], spec_base
     step.world.collect(torch.cat(parts), lambda shards: step.store.add(_distance_rows(torch.cat(shards), todo, spec_base)))
 
 
-def _distance_rows(distances: torch.Tensor, todo: list[float], spec_base: dict) -> list[dict]:
+def _distance_rows(distances: torch.Tensor, todo: list[float], spec_base: dict, certified: bool = False) -> list[dict]:
+    """Rows at every ε from per-example distances: a minimal adversarial distance d (robust where d > ε), or
+    a certified radius r (robust where r >= ε: certified at r is certified within every smaller ball; r = 0
+    marks a misclassified clean input, robust nowhere)."""
     d = distances.numpy()
     median = median_or_inf(d.tolist())
     rows = []
     for eps in todo:
-        robust = (d > eps).astype(np.float64)
+        robust = ((d >= eps) & (d > 0) if certified else d > eps).astype(np.float64)
         rows.append({**spec_base, "epsilon": eps, "accuracy": float(robust.mean()), "value": median,
                      "timestamp": _now(), "_robust": robust, "_distance": d})  # fmt: skip
     return rows

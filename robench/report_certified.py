@@ -40,15 +40,16 @@ def bands(rows: pd.DataFrame, relations: dict | None = None) -> pd.DataFrame:
     for (model, norm, eps), group in certified.assign(_eps=certified["epsilon"].astype(float).round(12)).groupby(
             ["model", "norm", "_eps"], sort=False):  # fmt: skip
         upper = worst[(worst["model"] == model) & (worst["norm"] == norm) & (worst["_eps"] == eps)]
-        if upper.empty and eps > 0:
+        if upper.empty:  # no worst case (fewer than two attacks of that norm): no band
             continue
         best = group.loc[group["accuracy"].idxmax()]
         milp = group[group["attack"] == "verify-milp"]
         out.append({
             "model": model, "defense": best["defense"], "norm": norm, "epsilon": eps,
-            "certified": float(best["accuracy"]), "by": best["attack"], "unknown": float(best["value"]),
+            "certified": float(best["accuracy"]), "by": best["attack"],
+            "unknown": float(best["value"]) if best["attack"] != "certify-radius" else np.nan,  # its value: a radius
             "decided_exactly": float(1 - milp["value"].iloc[-1]) if len(milp) else np.nan,
-            "worst_case": float(upper["accuracy"].iloc[-1]) if len(upper) else float(best["accuracy"]),
+            "worst_case": float(upper["accuracy"].iloc[-1]),
         })  # fmt: skip
     return pd.DataFrame(out).sort_values(["model", "epsilon"], kind="stable").reset_index(drop=True) if out else pd.DataFrame()
 
@@ -81,22 +82,48 @@ def band_figure(table: pd.DataFrame, labels: dict[str, str]) -> Any:
     return fig
 
 
-def certified_markdown(table: pd.DataFrame, labels: dict[str, str], image: str) -> list[str]:
-    """The section's markdown: the figure and one table row per (model, ε)."""
+def radius_bracket(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per model with `certify-radius` rows: its median certified radius and the median minimal adversarial
+    distances of CW and DDN in the same norm (certified radius <= true distance <= attacked distance)."""
+    radius = rows[rows["attack"] == "certify-radius"]
+    out = []
+    for model, group in radius.groupby("model", sort=False):
+        norm = group["norm"].iloc[-1]
+        record = {"model": model, "defense": group["defense"].iloc[-1], "norm": norm,
+                  "certified_radius": float(group["value"].iloc[-1])}  # fmt: skip
+        for attack in ("cw", "ddn"):
+            found = rows[(rows["model"] == model) & (rows["attack"] == attack) & (rows["norm"] == norm)]
+            record[attack] = float(found["value"].iloc[-1]) if len(found) else np.nan
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def certified_markdown(table: pd.DataFrame, labels: dict[str, str], image: str,
+                       rows: pd.DataFrame | None = None) -> list[str]:  # fmt: skip
+    """The section's markdown: the figure, one table row per (model, ε), and the radius bracket."""
     from .report_markdown import Code, markdown_table
 
     if table.empty:
         return []
+    bracket = radius_bracket(rows) if rows is not None else pd.DataFrame()
+    radius_lines = [] if bracket.empty else [
+        "### Radius bracket", "",
+        "Median over the test images of the certified radius (certify-radius: a proven lower bound of the distance "
+        "to the decision boundary) and of the minimal adversarial distance CW and DDN found (an upper bound of "
+        "the same distance).", "",
+    ] + markdown_table(["model", "defense", "norm", "certified radius", "CW distance", "DDN distance"], [
+        [Code(labels.get(r.model, r.model)), str(r.defense), str(r.norm), r.certified_radius, r.cw, r.ddn]
+        for r in bracket.itertuples()])  # fmt: skip
     lines = ["## Certified beside attacked", "",
              "The true robust accuracy lies between a proven lower bound (the best certification: certify-ibp, "
              "certify-crown or verify-milp; an example counts only when proved robust, unknown counts as not) and "
              "the worst case over attacks (what no attack broke). unknown: the share the certification could not "
              "decide; decided exactly: the share verify-milp proved robust or broke with a re-checked "
              "counterexample within its time limit.", "", f"![certified band]({image})", ""]  # fmt: skip
-    body = [[Code(labels.get(r.model, r.model)), str(r.defense), f"{r.epsilon:g}", r.certified, str(r.by), r.unknown,
-             r.worst_case, r.worst_case - r.certified, r.decided_exactly] for r in table.itertuples()]  # fmt: skip
-    return lines + markdown_table(["model", "defense", "ε", "certified", "by", "unknown", "worst case", "gap",
-                                   "decided exactly"], body)  # fmt: skip
+    body = [[Code(labels.get(r.model, r.model)), str(r.defense), str(r.norm), f"{r.epsilon:g}", r.certified, str(r.by),
+             r.unknown, r.worst_case, r.worst_case - r.certified, r.decided_exactly] for r in table.itertuples()]  # fmt: skip
+    return lines + markdown_table(["model", "defense", "norm", "ε", "certified", "by", "unknown", "worst case", "gap",
+                                   "decided exactly"], body) + radius_lines  # fmt: skip
 
 
 def write_certified(rows: pd.DataFrame, out: Path, formats: tuple[str, ...], labels: dict[str, str]) -> tuple[list[Path], pd.DataFrame]:

@@ -97,7 +97,7 @@ def render_markdown(
     if certified is not None and len(certified):
         from .report_certified import certified_markdown
 
-        lines += certified_markdown(certified, labels, certified_image)
+        lines += certified_markdown(certified, labels, certified_image, rows)
     lines += [
         "## Summary", "",
         "Three narrow tables, so each fits a page. AUC: the mean accuracy over the attack's ε grid "

@@ -68,6 +68,7 @@ def cw_distances(specs, fmodel, data):
 
 
 PAPER = ["cw", "fgsm", "noise", "pgd", "pgd-l2"]
+CERTIFIED = ["certify-crown", "certify-ibp", "certify-radius", "verify-milp"]  # lower bounds, not attacks
 NEW = ["apgd-ce", "apgd-dlr", "apgd-ce-l2", "apgd-t", "apgd-t-l2", "ddn", "fab-t", "square", "square-1k", "square-l2", "square-pe", "square-pe-1k"]
 
 
@@ -75,7 +76,9 @@ NEW = ["apgd-ce", "apgd-dlr", "apgd-ce-l2", "apgd-t", "apgd-t-l2", "ddn", "fab-t
 
 
 def test_specs_load_with_derived_kind_and_norm(specs):
-    assert list(specs) == sorted(PAPER + NEW)
+    assert list(specs) == sorted(PAPER + NEW + CERTIFIED)
+    assert {s.name for s in specs.values() if s.role == "certified"} == {s.name for s in specs.values()
+                                                                        if s.kind == "certified"} == set(CERTIFIED)
     assert {s.name: s.kind for s in specs.values() if s.name in PAPER} == {
         "cw": "minimization", "fgsm": "fixed", "noise": "fixed", "pgd": "fixed", "pgd-l2": "fixed",
     }  # fmt: skip

@@ -48,8 +48,8 @@ def evaluated(small_mlp, tmp_path_factory):
     out = tmp_path_factory.mktemp("certify") / "r.csv"
     source = ModelSource(name="small-mlp", model=small_mlp, dataset="mnist", defense="none", model_hash="smallmlp0001",
                          meta={})  # fmt: skip
-    evaluate([source], EvalConfig(attacks=",".join(CERTIFIERS) + ",pgd,autoattack-fast", eps=EPS, n=30, device="cpu",
-                                  jacobian_n=0), out=out, show_progress=False)  # fmt: skip
+    evaluate([source], EvalConfig(attacks=",".join(CERTIFIERS) + ",pgd,autoattack-fast,certify-radius,cw", eps=EPS,
+                                  n=30, device="cpu", jacobian_n=0), out=out, show_progress=False)  # fmt: skip
     return out
 
 
@@ -141,8 +141,27 @@ def test_the_report_draws_the_band(evaluated, tmp_path):
     assert "certified.png" in names and (tmp_path / "report" / "certified.png").stat().st_size > 10_000
     text = (tmp_path / "report" / "report.md").read_text()
     section = text.split("## Certified beside attacked", 1)[1].split("\n## ", 1)[0]
-    table = [line.split(" | ") for line in section.splitlines() if line.startswith("| `small-mlp`")]
-    assert len(table) == len(EPS)  # one row per ε of the grid (ε 0 included: both ends are clean accuracy)
+    table = [line.split(" | ") for line in section.split("### Radius bracket")[0].splitlines()
+             if line.startswith("| `small-mlp`")]  # fmt: skip
+    assert [cells[2] for cells in table] == ["linf"] * len(EPS)  # one row per ε with a worst case (L2: CW alone)
     for cells in table:
-        certified, worst = float(cells[3]), float(cells[6])
-        assert certified <= worst + 1e-12 and cells[4] in CERTIFIERS
+        certified, worst = float(cells[4]), float(cells[7])
+        assert certified <= worst + 1e-12 and cells[5] in CERTIFIERS
+
+
+def test_the_certified_radius_brackets_the_distance_from_below(evaluated, tmp_path):
+    """certify-radius (L2) <= CW's minimal adversarial distance on every example; robust at ε exactly where
+    radius >= ε; the report's bracket table shows both medians."""
+    from robench.report import write_report
+
+    per_example = outcomes(evaluated)
+    radius = _vec(per_example, "certify-radius", 0.0, "distance")
+    cw = _vec(per_example, "cw", 0.0, "distance")
+    correct = _vec(per_example, "certify-radius", 0.0) >= 1
+    assert (radius[correct] > 0).mean() >= 0.8 and (radius[~correct] == 0).all()  # it proves something
+    assert (radius <= cw + 1e-9).all()  # a proof never exceeds a found adversarial's distance
+    for eps in EPS[1:]:
+        assert np.array_equal(_vec(per_example, "certify-radius", eps) >= 1, correct & (radius >= eps))
+    write_report([evaluated], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "### Radius bracket" in text and "| `small-mlp` | none | l2 |" in text

@@ -7,7 +7,9 @@ Their rows are lower bounds, not attacks: per example, robust is 1 only where th
 of the outcomes (1, -1, 0: `STATUS_CODE`), and the row's `value` is the share left unknown. The row's
 accuracy and interval therefore count unknown as not certified. Certified rows never join the worst case
 (robench.results.derived), and a certified example that any attack breaks is flagged as a bug
-(`certified_but_broken`, robench.trust_checks). The bounds are robench.certify's.
+(`certified_but_broken`, robench.trust_checks). `certify-radius` gives each example's certified radius instead (every ε from one bisection), beside CW's
+and DDN's minimal distances: certified radius <= true distance <= attacked distance. The bounds are
+robench.certify's.
 """
 
 from __future__ import annotations
@@ -61,8 +63,30 @@ class VerifyMILP:
         return verify_milp(model, x, y, eps, norm=norm, time_limit=self.time_limit, bounds=self.bounds)
 
 
-CLASSES = {"Certify": Certify, "VerifyMILP": VerifyMILP}
-NORMS = {"Certify": ("linf", "l2"), "VerifyMILP": ("linf",)}
+class CertifiedRadius:
+    """A proven lower bound of each example's distance to the decision boundary (robench.certify.
+    certified_radius: bisection on ε of IBP or CROWN): one run gives every ε (certified at ε iff radius >= ε),
+    beside CW's and DDN's minimal adversarial distances, which bound the same distance from above.
+
+    Args:
+        method: "ibp" or "crown".
+        hi: the largest radius tried.
+        steps: bisection steps (precision hi / 2**steps).
+    """
+
+    def __init__(self, method: str = "crown", hi: float = 0.5, steps: int = 12):
+        if method not in ("ibp", "crown") or not hi > 0 or not 1 <= steps <= 40:
+            raise ValueError("method must be 'ibp' or 'crown', hi > 0 and steps in 1..40")
+        self.method, self.hi, self.steps = method, float(hi), int(steps)
+
+    def __call__(self, model, x, y, norm: str) -> torch.Tensor:
+        from ..certify import certified_radius
+
+        return certified_radius(model, x, y, norm=norm, method=self.method, hi=self.hi, steps=self.steps)
+
+
+CLASSES = {"Certify": Certify, "VerifyMILP": VerifyMILP, "CertifiedRadius": CertifiedRadius}
+NORMS = {"Certify": ("linf", "l2"), "VerifyMILP": ("linf",), "CertifiedRadius": ("linf", "l2")}
 
 
 def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
@@ -100,3 +124,14 @@ def certified_outcomes(spec: Any, model: torch.nn.Module, images: torch.Tensor, 
     result = CLASSES[spec.class_name](**spec.params)(model, images, labels, float(eps), spec.norm)
     codes = torch.tensor([STATUS_CODE[s] for s in result.status], dtype=torch.float64)
     return (codes == 1).float(), codes
+
+
+def certified_radii(spec: Any, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example the certified radius (float64 (N,) on CPU; 0 where the clean input is misclassified)."""
+    from .verify import _clean_correct
+
+    correct = _clean_correct(model, images, labels).cpu()
+    if len(labels) == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    radii = CLASSES[spec.class_name](**spec.params)(model, images, labels, spec.norm)
+    return torch.where(correct, radii, torch.zeros_like(radii))

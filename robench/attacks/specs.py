@@ -289,7 +289,7 @@ FOOLBOX_MINIMIZATION = frozenset({
 })  # fmt: skip
 
 
-CERTIFY_CLASSES = ("Certify", "VerifyMILP")  # robench.attacks.certify_engine.CLASSES, named without importing it
+CERTIFY_CLASSES = ("Certify", "VerifyMILP", "CertifiedRadius")  # robench.attacks.certify_engine.CLASSES, named without importing it
 
 
 def static_kind(engine: str, class_name: Any) -> str:
@@ -343,11 +343,12 @@ def _check_type(value: Any, default: Any, what: str) -> None:
 
 
 def resolve_attacks(names: str, directory: str | Path | None = None) -> list[AttackSpec]:
-    """Turn "pgd,fgsm" (or "all") into specs, in the order given, without duplicates."""
+    """Turn "pgd,fgsm" (or "all": every attack; certifications only when named too) into specs, in the order
+    given, without duplicates."""
     specs = load_specs(directory)
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     if "all" in wanted:
-        return [spec for spec in specs.values() if not spec.unavailable]
+        return [spec for spec in specs.values() if not spec.unavailable and (spec.kind != "certified" or spec.name in wanted)]
     if not wanted:
         raise RobenchError(f"no attack given; choose from {', '.join(sorted(specs))} or all")
     for name in wanted:
