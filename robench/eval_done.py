@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+MAX_META_BYTES = 1 << 20  # as robench.checkpoint reads meta.json (robench's own is ~2 kB)
 TEST_SET_SIZE = {"mnist": 10_000, "cifar10": 10_000}  # fixed by the datasets; imagenet: a folder's own size
 
 
@@ -41,9 +42,13 @@ def _plan(run: Path, config: Any, out: str | Path | None) -> tuple[Path, str] | 
     from .evaluate_keys import expected_rows, randomness
     from .results import JACOBIAN_NORMALIZED
     from .results.store import store_paths
-    from .run_files import MODEL_FILE, file_hash
+    from .run_files import META_FILE, MODEL_FILE, file_hash
 
-    meta = json.loads((run / "meta.json").read_text(encoding="utf-8"))
+    meta_file, weights = run / META_FILE, run / MODEL_FILE
+    # only regular files of a sane size: a FIFO would block the read, and the full evaluation says why
+    if not (meta_file.is_file() and weights.is_file()) or meta_file.stat().st_size > MAX_META_BYTES:
+        return None
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
     dataset = meta["config"]["dataset"]
     size = TEST_SET_SIZE.get(dataset)
     if size is None:
@@ -52,7 +57,7 @@ def _plan(run: Path, config: Any, out: str | Path | None) -> tuple[Path, str] | 
     path = Path(out) if out is not None else Path("results") / f"{dataset}.csv"
     if not store_paths(path)[1].is_file():
         return None
-    model_hash = file_hash(run / MODEL_FILE)
+    model_hash = file_hash(weights)
     done, checks = _stored(path, model_hash, n, config.seed)
     if checks is None:
         return None

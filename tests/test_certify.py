@@ -22,8 +22,6 @@ from robench.data import to_unit_float
 from robench.errors import RobenchError
 from robench.models import GeneratorDropout, Normalize, build_model
 
-torch.set_num_threads(1)
-
 MNIST = ((0.1307,), (0.3081,))
 N_TEST = 40  # test images for the strength properties
 # L∞ ε of the strength test. Measured on the 40 images (37 classified correctly): IBP certifies 4, CROWN 32,

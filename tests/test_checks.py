@@ -207,6 +207,7 @@ def test_checks_are_table_driven_and_missing_columns_refused():
         "rises_with_eps", "weaker_than_declared", "above_clean",
         "noise_stronger_than_adversarial", "above_grey_share", "one_class_for_every_input", "weaker_than_worst_case",
         "model_checks", "blackbox_stronger", "ce_loss_masked", "blackbox_alone", "attack_failure",
+        "certified_but_broken",
     ]  # fmt: skip
     with pytest.raises(RobenchError, match="norm"):
         flag_rows(pd.DataFrame({"model": ["m"], "attack": ["pgd"], "epsilon": [0.1], "accuracy": [0.5]}))
