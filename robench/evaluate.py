@@ -37,7 +37,7 @@ from .data import load_dataset, to_unit_float
 from .devices import configure_tf32, full_fp32
 from .errors import RobenchError
 from .evaluate_cascade import _batches, _now, run_suite
-from .evaluate_keys import grid as _grid, randomness, row_key, variant
+from .evaluate_keys import EOT_DEFAULT, grid as _grid, randomness, row_key, variant  # noqa: F401 - EOT_DEFAULT: public here too
 from .untrusted import for_console
 from .jacobian import input_std, jacobian_norm
 from .model_probes import as_json, probe_model
