@@ -180,3 +180,22 @@ def test_compare_takes_seed_groups(tmp_path):
     assert two.exit_code == 0 and "seed variation not measured" in two.output
     mixed = _compare("jr00000,no00000", "no10000", "--results", tmp_path / "g.csv")
     assert mixed.exit_code == 1 and "mixes defenses" in mixed.output
+
+
+def test_claim_6_reads_certified_rows_where_the_study_has_them(tmp_path, monkeypatch):
+    """JR against no defense on certify-crown's per-example verdicts (robust 1 only where certified): five seeds
+    where JR certifies far more holds; without certification rows the claim is "not measured"."""
+    rng = np.random.default_rng(3)
+
+    def certified(defense, seed, rows):
+        share = 0.6 if defense == "jr" else 0.2
+        robust = {eps: (np.ones(N) if eps == 0 else rng.random(N) < share) for eps in EPS}
+        return rows + _rows(rows[0]["model_hash"], defense, robust, attack="certify-crown", spec="c1")
+
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    claims = _study(tmp_path / "with", monkeypatch, ["none", "jr"], range(5), tweak=certified)
+    assert claims.loc["6", "verdict"] == "holds", claims.loc["6"].to_dict()
+    assert "certify-crown" in claims.loc["6", "measure"] and claims.loc["6", "source"] == "beyond the paper"
+    plain = _study(tmp_path / "without", monkeypatch, ["none", "jr"], range(5))
+    assert plain.loc["6", "verdict"] == "not measured" and "certify-crown" in plain.loc["6", "evidence"]

@@ -122,7 +122,7 @@ def test_quick_reproduction_finishes_and_restarts_for_free(tmp_path):
     assert "± " in report and "mean of 2" in report  # seed bands
     claims = pd.read_csv(tmp_path / "claims.csv")
     assert list(claims.columns) == CLAIMS_COLUMNS
-    assert {"1a", "1b", "2", "3a", "3w", "4a", "4b", "4w", "5a", "5b", "5w"} == set(claims["claim_id"])
+    assert {"1a", "1b", "2", "3a", "3w", "4a", "4b", "4w", "5a", "5b", "5w", "6"} == set(claims["claim_id"])
     assert set(claims["verdict"]) <= {"holds", "does not hold", "inconclusive"}  # every claim was measured
     assert claims["evidence"].str.len().min() > 20 and claims["measure"].str.len().min() > 20
     assert (claims["seeds"] == 2).all()
