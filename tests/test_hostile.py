@@ -139,6 +139,9 @@ def test_second_training_into_a_busy_run_directory_is_refused(ws: Path):
         [sys.executable, "-m", "robench", "train", "--model", "mlp", "--epochs", "5000", "--train-subset", "500",
          "--test-subset", "100", "--norm-samples", "10", "--quiet", "--out", "runs/busy"],
         cwd=ws, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as a terminal delivers it: a shell's background job (a CI runner's, say) starts its children
+        # with SIGINT ignored, and Python then never turns it into a KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.time() + 120
