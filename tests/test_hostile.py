@@ -157,7 +157,12 @@ def test_second_training_into_a_busy_run_directory_is_refused(ws: Path):
             assert "(pid" not in lines[0] or f"(pid {first.pid})" in lines[0]  # the pid, where /proc/locks tells
     finally:
         first.send_signal(signal.SIGINT)  # Ctrl-C: the first run stops after saving what it finished
-        out, err = first.communicate(timeout=120)
+        try:
+            out, err = first.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            first.kill()  # never leave a 5000-epoch run behind to slow every later test
+            first.communicate()
+            raise
     assert first.returncode == 130, err
     meta = json.loads((ws / "runs/busy/meta.json").read_text())
     assert meta["config"]["l2"] == 0.0 and 1 <= meta["epochs_done"] < 5000 and not meta["finished"]
