@@ -14,7 +14,6 @@ robench.certify's.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -91,17 +90,9 @@ NORMS = {"Certify": ("linf", "l2"), "VerifyMILP": ("linf",), "CertifiedRadius": 
 
 def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
     """Validate a certification spec against its class's signature and norms; returns its kind."""
-    from .specs import _check_type
+    from .robench_engine import check_params
 
-    cls = CLASSES.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise RobenchError(f"{where}: unknown robench certification class {name!r} (robench runs: {', '.join(CLASSES)})")
-    signature = inspect.signature(cls.__init__).parameters
-    bad = sorted(set(params) - set(signature) - {"self"})
-    if bad:
-        raise RobenchError(f"{where}: {name} takes no parameter {bad[0]!r}")
-    for key, value in params.items():
-        _check_type(value, signature[key].default, f"{where}: {name} parameter {key!r}")
+    cls = check_params(CLASSES, "certification", name, params, where)
     if norm not in NORMS[name]:
         raise RobenchError(f"{where}: {name} certifies norm {' or '.join(NORMS[name])}, not {norm!r}")
     try:

@@ -91,19 +91,26 @@ class Square:
 CLASSES = {"Square": Square}
 
 
-def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
-    """Validate a robench-engine spec against the class's signature; returns its kind ("fixed")."""
+def check_params(classes: dict, what: str, name: Any, params: dict, where: str) -> type:
+    """The class `name` of `classes`, with `params` checked against its constructor's signature and defaults'
+    types (one-line errors); shared by robench's attacks and its certifications (`certify_engine`)."""
     from .specs import _check_type
 
-    cls = CLASSES.get(name) if isinstance(name, str) else None
+    cls = classes.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise RobenchError(f"{where}: unknown robench attack class {name!r} (robench runs: {', '.join(CLASSES)})")
+        raise RobenchError(f"{where}: unknown robench {what} class {name!r} (robench runs: {', '.join(classes)})")
     signature = inspect.signature(cls.__init__).parameters
     bad = sorted(set(params) - set(signature) - {"self"})
     if bad:
         raise RobenchError(f"{where}: {name} takes no parameter {bad[0]!r}")
     for key, value in params.items():
         _check_type(value, signature[key].default, f"{where}: {name} parameter {key!r}")
+    return cls
+
+
+def check_class(name: Any, params: dict, norm: Any, where: str) -> str:
+    """Validate a robench-engine spec against the class's signature; returns its kind ("fixed")."""
+    cls = check_params(CLASSES, "attack", name, params, where)
     if NORMS.get(params.get("norm", "Linf")) != norm:
         raise RobenchError(f"{where}: norm {norm!r} does not match {name}'s norm {params.get('norm', 'Linf')!r}")
     try:
