@@ -149,3 +149,24 @@ def test_bad_progress_parameters_are_refused():
     for kwargs in ({"progress_window": -1}, {"progress_slack": 0.0}):
         with pytest.raises(ValueError, match="progress_window must be >= 0"):
             Square(**kwargs)
+
+
+def test_one_recorded_full_run_prices_every_budget_exactly(trained_model, batch):
+    """`Square.replay` on a full run's margin history gives what the adaptive run itself gives, example by
+    example (broken, and queries spent): the bench's drop-rule table rests on it."""
+    from robench.attacks.foolbox_engine import example_generators
+
+    model, _ = trained_model
+    x, y = batch
+    gens = lambda: example_generators(0, torch.arange(N), N, stream=7)  # noqa: E731
+    full = Square(n_queries=600)
+    full.record = True
+    full(model, x, y, 0.08, gens())
+    assert full.margin_history.shape == (N, 601)
+    for window, slack in ((100, 2.0), (50, 0.5)):
+        adaptive = Square(n_queries=600, progress_window=window, progress_slack=slack)
+        broken = model(adaptive(model, x, y, 0.08, gens())).argmax(1) != y
+        replayed, queries = adaptive.replay(full.margin_history)
+        assert torch.equal(replayed, broken | (model(x).argmax(1) != y)), window
+        assert torch.equal(queries, adaptive.queries), window
+    assert torch.equal(Square(n_queries=600).replay(full.margin_history)[1], full.queries)

@@ -55,6 +55,9 @@ class Square:
         self.n_queries, self.p_init, self.resc_schedule = n_queries, float(p_init), resc_schedule
         self.progress_window, self.progress_slack = progress_window, float(progress_slack)
         self.queries: torch.Tensor | None = None  # after a call: the queries each example was given
+        # Set `record = True` to keep every example's best margin after each query (n, n_queries + 1) in
+        # `margin_history` (benchmarks/bench_square_budget.py replays drop rules on those paths).
+        self.record, self.margin_history = False, None
 
     def p_selection(self, it: int) -> float:
         """AutoAttack's schedule of the fraction p, halving at fixed iterations (rescaled to n_queries)."""
@@ -83,6 +86,8 @@ class Square:
             dropped = torch.zeros(n, dtype=torch.bool, device=x.device)
             self.queries = torch.zeros(n, dtype=torch.long)
             window_start = margin_min.clone()
+            if self.record:
+                self.margin_history = margin_min.cpu()[:, None].repeat(1, self.n_queries + 1)
             for it in range(self.n_queries):
                 if self.progress_window and it > 0 and it % self.progress_window == 0:
                     dropped |= self._stalled(margin_min, window_start, it)
@@ -104,7 +109,27 @@ class Square:
                 better = margin < margin_min[alive]  # the margin is the loss: improved, or misclassified
                 margin_min[alive] = torch.where(better, margin, margin_min[alive])
                 x_best[alive] = torch.where(better[:, None, None, None], x_new, x_best[alive])
+                if self.record:
+                    self.margin_history[:, it + 1] = margin_min.cpu()
+            if self.record:  # the queries not made (every example broken or dropped): the margin stays
+                done = int(self.queries.max()) if n else 0
+                self.margin_history[:, done + 1 :] = margin_min.cpu()[:, None]
         return x_best
+
+    def replay(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(broken, queries given) per example had this Square's budget run on the paths of a full Square's
+        `margin_history` with the same draws (an adaptive run's path is the full run's until its drop):
+        one full run prices every drop rule (benchmarks/bench_square_budget.py)."""
+        n = history.shape[0]
+        hit = history[:, 1:] <= 0
+        broken_at = torch.where(hit.any(1), hit.float().argmax(1) + 1, self.n_queries + 1)
+        broken_at[history[:, 0] <= 0] = 0
+        drop_at = torch.full((n,), self.n_queries + 1)
+        checks = range(self.progress_window, self.n_queries, self.progress_window) if self.progress_window else ()
+        for it in checks:
+            stalled = self._stalled(history[:, it], history[:, it - self.progress_window], it)
+            drop_at[stalled & (drop_at > self.n_queries)] = it
+        return broken_at < drop_at, torch.minimum(torch.minimum(broken_at, drop_at), torch.tensor(self.n_queries))
 
     def _stalled(self, margin: torch.Tensor, window_start: torch.Tensor, it: int) -> torch.Tensor:
         """Examples still robust that would not reach margin 0 in the queries left even at `progress_slack`
