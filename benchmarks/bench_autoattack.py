@@ -7,7 +7,9 @@ on the first N MNIST test images and one ε grid, in this order in one process:
    with each member's time and survivors per ε (the profile);
 2. torchattacks `AutoAttack(version="standard")` at each ε, as torchattacks ships it: its APGD, APGD-T
    and FAB-T run their class default of 10 steps, where AutoAttack's standard version runs 100;
-3. with `--published`, torchattacks' same four attacks at AutoAttack's published settings (100 steps each,
+3. with `--adaptive`, robench's `autoattack-adaptive` (3 targets for APGD-T and FAB-T, Square's adaptive
+   budget), compared per example with robench's `autoattack` (the goal: never more than 0.5 points higher);
+4. with `--published`, torchattacks' same four attacks at AutoAttack's published settings (100 steps each,
    9 targets, Square 5000; Croce & Hein 2020), through torchattacks' MultiAttack, at each ε.
 
 Every adversarial any of them returns is re-checked the same way (robench's `verify_adversarials`). The
@@ -15,7 +17,7 @@ per-example comparison counts, at each ε, the examples torchattacks broke that 
 at most 1 in 200 of those torchattacks broke). Run:
 
     .venv/bin/python benchmarks/bench_autoattack.py [--run RUN_DIR ...] [--n 100] \
-        [--eps 0,0.05,0.1,0.15,0.2] [--published] [--write]
+        [--eps 0,0.05,0.1,0.15,0.2] [--adaptive] [--published] [--write]
 
 (`benchmarks/bench_eval.py --autoattack N` runs the same.) `--write` puts the tables into
 docs/PERFORMANCE.md between this benchmark's markers.
@@ -42,8 +44,9 @@ from common import device_label, write_section  # noqa: E402
 DEMO_RUNS = ("checkpoints/demo/lenet-plain", "checkpoints/demo/lenet-jr0.01-normalized")
 
 
-def robench_autoattack(source, n: int, grid: list[float], device) -> tuple[float, dict, list]:
-    """(seconds, {ε: robust bool (n,)}, profile rows (ε, member, survivors, broken, seconds))."""
+def robench_autoattack(source, n: int, grid: list[float], device, suite: str = "autoattack") -> tuple[float, dict, list]:
+    """(seconds, {ε: robust bool (n,)}, profile rows (ε, member, survivors, broken, seconds)) of one of
+    robench's suites."""
     import robench.evaluate_cascade as evaluate_module
     from robench.evaluate import EvalConfig, evaluate
     from robench.results import outcomes
@@ -60,13 +63,13 @@ def robench_autoattack(source, n: int, grid: list[float], device) -> tuple[float
     try:
         with tempfile.TemporaryDirectory(prefix="bench-aa-") as tmp:
             t0 = time.perf_counter()
-            evaluate([source], EvalConfig(attacks="autoattack", eps=tuple(grid), n=n, device=str(device),
+            evaluate([source], EvalConfig(attacks=suite, eps=tuple(grid), n=n, device=str(device),
                                           jacobian_n=0), out=Path(tmp) / "aa.csv", show_progress=False)  # fmt: skip
             seconds = time.perf_counter() - t0
             rows = outcomes(Path(tmp) / "aa.csv")
     finally:
         evaluate_module._member_broken = member_broken
-    rows = rows[rows["attack"] == "autoattack"]
+    rows = rows[rows["attack"] == suite]
     robust = {e: rows[np.isclose(rows["epsilon"], e)].sort_values("example")["robust"].to_numpy() >= 1 for e in grid}
     return seconds, robust, profile
 
@@ -104,7 +107,27 @@ def torchattacks_autoattack(model, x, y, grid: list[float], published: bool) -> 
     return seconds, robust
 
 
-def race(run: str, n: int, grid: list[float], device, published: bool) -> list[str]:
+ADAPTIVE = "autoattack-adaptive"
+
+
+def adaptive_lines(ours: tuple[float, dict], adaptive: tuple[float, dict, list], shipped_s: float,
+                   grid: list[float]) -> list[str]:  # fmt: skip
+    """How the adaptive suite compares with robench's `autoattack` (its strength, per example) and with
+    torchattacks' shipped suite (its time); its own profile per member."""
+    (ours_s, ours), (seconds, robust, profile) = ours, adaptive
+    missed = [(e, int((robust[e] & ~ours[e]).sum()), int((~ours[e]).sum())) for e in grid if e > 0]
+    gap = max(100 * (robust[e].mean() - ours[e].mean()) for e in grid)
+    by_member: dict[str, float] = {}
+    for _, member, _, _, s in profile:
+        by_member[member] = by_member.get(member, 0.0) + s
+    return [f"`{ADAPTIVE}`: {seconds:.0f} s, **{shipped_s / seconds:.2f}x** faster than torchattacks' AutoAttack as "
+            f"shipped and {ours_s / seconds:.2f}x faster than robench's `autoattack`; examples `autoattack` broke "
+            "that it did not: " + ", ".join(f"ε {e:g}: {m} of {b}" for e, m, b in missed)
+            + f"; its robust accuracy above `autoattack`'s by at most {gap:+.1f} points "
+            f"(goal: at most +0.5). Per member: " + ", ".join(f"{m} {s:.0f} s" for m, s in by_member.items())]
+
+
+def race(run: str, n: int, grid: list[float], device, published: bool, adaptive: bool = False) -> list[str]:
     from robench.data import load_dataset, to_unit_float
     from robench.sources import from_run
 
@@ -115,9 +138,12 @@ def race(run: str, n: int, grid: list[float], device, published: bool) -> list[s
     images, labels = load_dataset("mnist", "test", subset=n)
     x, y = to_unit_float(images).to(device), labels.to(device)
     ours_s, ours, profile = robench_autoattack(source, n, grid, device)
-    methods = [("robench `--attack autoattack` (cascade over examples and ε)", ours_s, ours),
-               ("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps), per ε",
-                *torchattacks_autoattack(model, x, y, grid, published=False))]  # fmt: skip
+    methods = [("robench `--attack autoattack` (cascade over examples and ε)", ours_s, ours)]
+    if adaptive:
+        fast = robench_autoattack(source, n, grid, device, suite=ADAPTIVE)
+        methods.append((f"robench `--attack {ADAPTIVE}` (3 targets, Square's adaptive budget)", *fast[:2]))
+    methods.append(("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps), per ε",
+                    *torchattacks_autoattack(model, x, y, grid, published=False)))  # fmt: skip
     if published:
         methods.append(("torchattacks' four attacks at AutoAttack's published settings (100 steps), per ε",
                         *torchattacks_autoattack(model, x, y, grid, published=True)))  # fmt: skip
@@ -129,7 +155,9 @@ def race(run: str, n: int, grid: list[float], device, published: bool) -> list[s
         lines.append(f"| {name} | {seconds:.0f} s | {seconds / ours_s:.2f}x | "
                      + " | ".join(f"{robust[e].mean():.3f}" for e in grid) + " |")  # fmt: skip
     lines.append("")
-    for name, _, robust in methods[1:]:
+    if adaptive:
+        lines += adaptive_lines((ours_s, ours), fast, methods[2][1], grid) + [""]
+    for name, _, robust in methods[1 + adaptive:]:
         missed = [(e, int((~robust[e] & ours[e]).sum()), int((~robust[e]).sum())) for e in grid if e > 0]
         lines.append(f"Examples {name.split(' (')[0].split(' as ')[0]} broke that robench did not: "
                      + ", ".join(f"ε {e:g}: {m} of {b}" for e, m, b in missed)
@@ -155,6 +183,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eps", default="0,0.05,0.1,0.15,0.2")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--published", action="store_true", help="also torchattacks at AutoAttack's 100 steps")
+    parser.add_argument("--adaptive", action="store_true", help=f"also robench's {ADAPTIVE} suite")
     parser.add_argument("--write", action="store_true", help="update docs/PERFORMANCE.md")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -164,7 +193,7 @@ def main(argv=None) -> None:
     grid = [float(e) for e in args.eps.split(",")]
     lines = []
     for run in runs:
-        lines += race(run, args.n, grid, device, args.published) + [""]
+        lines += race(run, args.n, grid, device, args.published, args.adaptive) + [""]
         print("\n".join(lines), flush=True)
     if args.write:
         write_section("bench_autoattack", "## AutoAttack: `benchmarks/bench_autoattack.py`\n\n" + "\n".join(lines).rstrip())

@@ -69,7 +69,8 @@ def cw_distances(specs, fmodel, data):
 
 PAPER = ["cw", "fgsm", "noise", "pgd", "pgd-l2"]
 CERTIFIED = ["certify-crown", "certify-ibp", "certify-radius", "verify-milp"]  # lower bounds, not attacks
-NEW = ["apgd-ce", "apgd-dlr", "apgd-ce-l2", "apgd-t", "apgd-t-l2", "ddn", "fab-t", "square", "square-1k", "square-l2", "square-pe", "square-pe-1k"]
+NEW = ["apgd-ce", "apgd-dlr", "apgd-ce-l2", "apgd-t", "apgd-t-3", "apgd-t-l2", "ddn", "fab-t", "fab-t-3", "square", "square-1k",
+       "square-l2", "square-pe", "square-pe-1k", "square-pe-adaptive"]
 
 
 # --- specs --------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def test_resolve_attacks():
     assert [s.name for s in resolve_attacks("all")] == sorted(PAPER + NEW)
     assert [s.name for s in resolve_attacks(" pgd, fgsm ,pgd")] == ["pgd", "fgsm"]
     assert [s.name for s in resolve_attacks("pgd,all")] == sorted(PAPER + NEW)
-    with pytest.raises(RobenchError, match=r"unknown attack 'pdg'; choose from apgd-ce, .*cw, ddn, fab-t, fgsm, noise, pgd, pgd-l2"):
+    with pytest.raises(RobenchError, match=r"unknown attack 'pdg'; choose from apgd-ce, .*cw, ddn, fab-t, fab-t-3, fgsm, noise, pgd, pgd-l2"):
         resolve_attacks("pgd,pdg")
     with pytest.raises(RobenchError, match="no attack given"):
         resolve_attacks(" , ")

@@ -52,10 +52,11 @@ def targeted_margin_attack(model, x, y, eps: float, steps: int = 50) -> torch.Te
     return robust
 
 
-@pytest.mark.parametrize("suite", ["autoattack-fast", pytest.param("autoattack", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("suite", ["autoattack-fast", "autoattack-adaptive", pytest.param("autoattack", marks=pytest.mark.slow)])
 def test_autoattack_is_at_least_as_strong_as_pgd_and_an_independent_targeted_attack(tmp_path, jr_lenet, suite):
     """The standard suite (with FAB-T and Square 5000: minutes on 2 CPU cores) in the slow tier, the CPU
-    budget one (APGD-CE, APGD-T, Square 1000) in the default suite."""
+    budget one (APGD-CE, APGD-T, Square 1000) and the adaptive one (3 targets, Square's adaptive budget)
+    in the default suite."""
     out = tmp_path / "aa.csv"
     source = from_run(jr_lenet)
     evaluate([source], EvalConfig(attacks=f"pgd,{suite}", eps=(0.0, 0.1, 0.2), n=N, device="cpu"), out=out,

@@ -22,6 +22,8 @@ from robench.data import to_unit_float
 from robench.errors import RobenchError
 from robench.models import GeneratorDropout, Normalize, build_model
 
+from small_models import train_adam
+
 MNIST = ((0.1307,), (0.3081,))
 N_TEST = 40  # test images for the strength properties
 # L∞ ε of the strength test. Measured on the 40 images (37 classified correctly): IBP certifies 4, CROWN 32,
@@ -32,20 +34,10 @@ GRID = (0.005, 0.01, 0.02, 0.03, 0.04)
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> nn.Module:
-    """Adam on mini-batches of 64, seconds on one core; seeded without touching the caller's RNG (dropout)."""
+    """Seeded without touching the caller's RNG (dropout)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        model.train()
-        for _ in range(epochs):
-            order = torch.randperm(len(x))
-            for start in range(0, len(x), 64):
-                idx = order[start : start + 64]
-                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return model.eval()
+        return train_adam(model, x, y, epochs)
 
 
 def _built(make, seed: int) -> nn.Module:

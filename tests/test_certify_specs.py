@@ -19,6 +19,8 @@ from robench.models import GeneratorDropout, Normalize
 from robench.results import ResultsStore, outcomes, read_results
 from robench.sources import ModelSource
 
+from small_models import train_adam
+
 EPS = (0.0, 0.01, 0.02, 0.04)
 CERTIFIERS = ("certify-ibp", "certify-crown", "verify-milp")
 
@@ -31,16 +33,7 @@ def small_mlp(mnist_train_small):
         torch.manual_seed(0)
         model = nn.Sequential(Normalize((0.1307,), (0.3081,)), nn.Flatten(), nn.Linear(784, 16), nn.ReLU(),
                               nn.Linear(16, 16), nn.ReLU(), GeneratorDropout(0.0), nn.Linear(16, 10))  # fmt: skip
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(2):
-            order = torch.randperm(len(x))
-            for start in range(0, len(x), 64):
-                idx = order[start : start + 64]
-                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return model.eval()
+        return train_adam(model, x, y, epochs=2)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import torch
 from .runners import frozen_parameters
 from .foolbox_engine import _torch_module
 from .specs import AttackSpec
+from .torchattacks_engine import target_count
 from .verify import verify_adversarials
 
 
@@ -44,7 +45,7 @@ class FabTargets:
         limit = torch.tensor(eps, dtype=torch.float32)
         if self.size is None:
             with torch.no_grad():
-                targets = int(attacked(x[:1]).shape[-1]) - 1  # FAB-T's n_target_classes
+                targets = target_count(spec, int(attacked(x[:1]).shape[-1]))  # FAB-T's n_target_classes
             self.size = torch.full((self.n, targets), float("nan"), dtype=torch.float32)
             self.fooled = torch.zeros((self.n, targets), dtype=torch.bool)
         with frozen_parameters(attacked), torch.enable_grad():

@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python < 3.11
 SPEC_PACKAGE = "robench.attack_specs"
 NORMS = {2.0: "l2", math.inf: "linf"}  # Foolbox LpDistance.p -> our name
 REQUIRED_KEYS = ("name", "description", "params", "norm", "eps")
-OPTIONAL_KEYS = ("repeats", "role", "stronger_than", "engine", "class", "foolbox_class", "access", "loss")
+OPTIONAL_KEYS = ("repeats", "role", "stronger_than", "engine", "class", "foolbox_class", "access", "loss", "targets")
 ACCESS = ("white-box", "black-box")  # black-box: outputs only (Square), so masked gradients cannot mislead it
 ENGINES = ("foolbox", "torchattacks", "robench")
 ROLES = ("adversarial", "baseline", "certified")  # baseline: not an adversary (noise); certified: a proven lower
@@ -64,6 +64,8 @@ class AttackSpec:
         engine: "foolbox" or "torchattacks".
         access: "white-box" (follows gradients) or "black-box" (outputs only: Square).
         loss: what the attack optimizes, where the spec says ("ce", "dlr", "boundary", ...).
+        targets: a multi-targeted torchattacks attack (APGD-T, FAB-T) runs only this many of the most likely
+            wrong classes (0: all of them, as AutoAttack's standard version on 10 classes). Hashed.
         unavailable: why the attack cannot run in this environment ("" when it can).
     """
 
@@ -82,6 +84,7 @@ class AttackSpec:
     engine: str = "foolbox"
     access: str = "white-box"
     loss: str = ""
+    targets: int = 0  # multi-targeted attacks: how many of the most likely wrong classes (0: every one)
     unavailable: str = ""  # why it cannot run here (its engine is not installed); "" when it can
     eot: int = 1  # gradient samples averaged per step (EOT), set per evaluation (`variant`)
     votes: int = 1  # forward passes whose majority decides the re-check, set per evaluation
@@ -128,7 +131,8 @@ class AttackSpec:
             payload["engine"] = self.engine
         if self.traced:  # returns the first adversarial on its path where its own return is not one
             payload["path"] = "adversarial-on-path"
-        for key, value, default in (("eot", self.eot, 1), ("votes", self.votes, 1), ("surrogate", self.surrogate, "")):
+        for key, value, default in (("eot", self.eot, 1), ("votes", self.votes, 1), ("surrogate", self.surrogate, ""),
+                                    ("targets", self.targets, 0)):  # fmt: skip
             if value != default:
                 payload[key] = value
         return json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -268,13 +272,28 @@ def _parse_spec(data: dict, *, stem: str, where: str, checked: bool = True) -> A
         raise RobenchError(f"{where}: access must be one of {', '.join(ACCESS)}, got {data.get('access')!r}")
     if not isinstance(data.get("loss", ""), str):
         raise RobenchError(f"{where}: loss must be a string (ce, dlr, ...)")
+    targets = _parse_targets(data, engine, class_name, where)
     return AttackSpec(
         name=stem, description=" ".join(str(data["description"]).split()),
         foolbox_class=class_name, params=dict(data["params"]), norm=data["norm"],
         kind=kind, repeats=repeats, eps=eps, role=role, stronger_than=stronger,
         per_example=per_ex, iterative=_is_iterative(data), engine=engine,
-        access=data.get("access", "white-box"), loss=data.get("loss", ""), unavailable=unavailable,
+        access=data.get("access", "white-box"), loss=data.get("loss", ""), targets=targets, unavailable=unavailable,
     )  # fmt: skip
+
+
+def _parse_targets(data: dict, engine: str, class_name: Any, where: str) -> int:
+    """`targets`: a positive integer, on a multi-targeted torchattacks class only (0 when absent)."""
+    if "targets" not in data:
+        return 0
+    targets = data["targets"]
+    if not isinstance(targets, int) or isinstance(targets, bool) or targets < 1:
+        raise RobenchError(f"{where}: targets must be a positive integer, got {targets!r}")
+    targeted = class_name == "APGDT" or (class_name == "FAB" and data["params"].get("multi_targeted") is True)
+    if engine != "torchattacks" or not targeted:
+        raise RobenchError(f"{where}: targets applies to torchattacks' multi-targeted attacks only "
+                           "(APGDT, FAB with multi_targeted = true)")  # fmt: skip
+    return targets
 
 
 # Foolbox 3.3.4's MinimizationAttack subclasses (tests/test_eval_done.py checks the list against Foolbox):

@@ -143,7 +143,17 @@ def build(spec: Any, model: nn.Module, eps: float, seed: int, num_classes: int) 
     extra = {k: v for k, v in (("seed", seed), ("verbose", False)) if k in signature}
     if getattr(spec, "eot", 1) > 1 and "eot_iter" in signature:
         params["eot_iter"] = spec.eot
-    return cls(model, eps=float(eps), **params, **extra)
+    attack = cls(model, eps=float(eps), **params, **extra)
+    if getattr(spec, "targets", 0):  # the most likely wrong classes only (torchattacks runs targets 2..n+1)
+        attack.n_target_classes = target_count(spec, num_classes)
+    return attack
+
+
+def target_count(spec: Any, num_classes: int) -> int:
+    """How many wrong classes a multi-targeted attack runs on a model with `num_classes` outputs: the
+    spec's `targets`, at most every wrong class (torchattacks' own n_target_classes)."""
+    every = num_classes - 1
+    return min(spec.targets, every) if getattr(spec, "targets", 0) else every
 
 
 def _drawing_per_example(single_run, prints: _Fingerprints, seed: int, counts: dict, tracer: Any = None):
