@@ -10,14 +10,17 @@ on the first N MNIST test images and one ε grid, in this order in one process:
 3. with `--adaptive`, robench's `autoattack-adaptive` (3 targets for APGD-T and FAB-T, Square's adaptive
    budget), compared per example with robench's `autoattack` (the goal: never more than 0.5 points higher);
 4. with `--published`, torchattacks' same four attacks at AutoAttack's published settings (100 steps each,
-   9 targets, Square 5000; Croce & Hein 2020), through torchattacks' MultiAttack, at each ε.
+   9 targets, Square 5000; Croce & Hein 2020), through torchattacks' MultiAttack, at each ε;
+5. with `--copies`, what robench's channels_last copy of a conv model buys (`robench.attacks.fast_copy`): robench's
+   suite (the adaptive one with `--adaptive`) again searching on the model itself (`ROBENCH_FAST_COPY=0`), and
+   torchattacks' shipped suite attacking that copy (what a torchattacks user converting the model by hand gets).
 
 Every adversarial any of them returns is re-checked the same way (robench's `verify_adversarials`). The
 per-example comparison counts, at each ε, the examples torchattacks broke that robench did not (the goal:
 at most 1 in 200 of those torchattacks broke). Run:
 
     .venv/bin/python benchmarks/bench_autoattack.py [--run RUN_DIR ...] [--n 100] \
-        [--eps 0,0.05,0.1,0.15,0.2] [--adaptive] [--published] [--write]
+        [--eps 0,0.05,0.1,0.15,0.2] [--adaptive] [--published] [--copies] [--write]
 
 (`benchmarks/bench_eval.py --autoattack N` runs the same.) `--write` puts the tables into
 docs/PERFORMANCE.md between this benchmark's markers.
@@ -26,6 +29,7 @@ docs/PERFORMANCE.md between this benchmark's markers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -74,14 +78,16 @@ def robench_autoattack(source, n: int, grid: list[float], device, suite: str = "
     return seconds, robust, profile
 
 
-def torchattacks_autoattack(model, x, y, grid: list[float], published: bool) -> tuple[float, dict]:
+def torchattacks_autoattack(model, x, y, grid: list[float], published: bool, attacked=None) -> tuple[float, dict]:
     """(seconds, {ε: robust bool (n,)}) of torchattacks' AutoAttack per ε: as shipped, or at AutoAttack's
-    published settings (100 steps), re-checked by robench's verifier."""
+    published settings (100 steps), re-checked by robench's verifier on `model`. `attacked`: the module
+    torchattacks attacks (default: `model`)."""
     import torchattacks
 
     from robench.attacks import foolbox_model, verify_adversarials
 
     fmodel = foolbox_model(model, x.device)
+    model = model if attacked is None else attacked
     with torch.no_grad():
         correct = (model(x).argmax(1) == y).cpu().numpy()
     robust, seconds = {}, 0.0
@@ -127,7 +133,23 @@ def adaptive_lines(ours: tuple[float, dict], adaptive: tuple[float, dict, list],
             f"(goal: at most +0.5). Per member: " + ", ".join(f"{m} {s:.0f} s" for m, s in by_member.items())]
 
 
-def race(run: str, n: int, grid: list[float], device, published: bool, adaptive: bool = False) -> list[str]:
+@contextlib.contextmanager
+def fast_copy_off():
+    """robench's attacks search on the model itself, not on its channels_last copy (`robench.attacks.fast_copy`)."""
+    before = os.environ.get("ROBENCH_FAST_COPY")
+    os.environ["ROBENCH_FAST_COPY"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["ROBENCH_FAST_COPY"]
+        else:
+            os.environ["ROBENCH_FAST_COPY"] = before
+
+
+def race(run: str, n: int, grid: list[float], device, published: bool, adaptive: bool = False,
+         copies: bool = False) -> list[str]:  # fmt: skip
+    from robench.attacks.fast_copy import attack_model
     from robench.data import load_dataset, to_unit_float
     from robench.sources import from_run
 
@@ -142,11 +164,21 @@ def race(run: str, n: int, grid: list[float], device, published: bool, adaptive:
     if adaptive:
         fast = robench_autoattack(source, n, grid, device, suite=ADAPTIVE)
         methods.append((f"robench `--attack {ADAPTIVE}` (3 targets, Square's adaptive budget)", *fast[:2]))
-    methods.append(("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps), per ε",
-                    *torchattacks_autoattack(model, x, y, grid, published=False)))  # fmt: skip
+    shipped = ("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps), per ε",
+               *torchattacks_autoattack(model, x, y, grid, published=False))  # fmt: skip
+    others = [shipped]
     if published:
-        methods.append(("torchattacks' four attacks at AutoAttack's published settings (100 steps), per ε",
-                        *torchattacks_autoattack(model, x, y, grid, published=True)))  # fmt: skip
+        others.append(("torchattacks' four attacks at AutoAttack's published settings (100 steps), per ε",
+                       *torchattacks_autoattack(model, x, y, grid, published=True)))  # fmt: skip
+    if copies:  # what the channels_last copy buys robench, and what it would buy torchattacks
+        with fast_copy_off():
+            own = robench_autoattack(source, n, grid, device, suite=ADAPTIVE if adaptive else "autoattack")
+        methods.append((f"robench `--attack {ADAPTIVE if adaptive else 'autoattack'}` searching on the model itself "
+                        "(`ROBENCH_FAST_COPY=0`)", *own[:2]))  # fmt: skip
+        others.append(("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps) on robench's "
+                       "channels_last copy of the model, per ε",
+                       *torchattacks_autoattack(model, x, y, grid, published=False, attacked=attack_model(model))))  # fmt: skip
+    methods += others
     lines = [f"**`{run}`** (defense: {source.defense}), first {n} MNIST test images, L∞; "
              f"{device_label(device)}, torch {torch.__version__}", "",
              "| | wall time | speed-up of robench | " + " | ".join(f"acc. at {e:g}" for e in grid) + " |",
@@ -156,10 +188,10 @@ def race(run: str, n: int, grid: list[float], device, published: bool, adaptive:
                      + " | ".join(f"{robust[e].mean():.3f}" for e in grid) + " |")  # fmt: skip
     lines.append("")
     if adaptive:
-        lines += adaptive_lines((ours_s, ours), fast, methods[2][1], grid) + [""]
-    for name, _, robust in methods[1 + adaptive:]:
+        lines += adaptive_lines((ours_s, ours), fast, shipped[1], grid) + [""]
+    for name, _, robust in others:
         missed = [(e, int((~robust[e] & ours[e]).sum()), int((~robust[e]).sum())) for e in grid if e > 0]
-        lines.append(f"Examples {name.split(' (')[0].split(' as ')[0]} broke that robench did not: "
+        lines.append(f"Examples {name.split(', per ε')[0]} broke that robench did not: "
                      + ", ".join(f"ε {e:g}: {m} of {b}" for e, m, b in missed)
                      + f"; robench broke {sum(int((~ours[e] & robust[e]).sum()) for e in grid)} that it did not.")
     lines += ["", "Profile of robench's cascade (each member's calls where the cascade makes them):", "",
@@ -184,6 +216,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--published", action="store_true", help="also torchattacks at AutoAttack's 100 steps")
     parser.add_argument("--adaptive", action="store_true", help=f"also robench's {ADAPTIVE} suite")
+    parser.add_argument("--copies", action="store_true",
+                        help="also robench without its channels_last copy, and torchattacks' shipped suite with it")
     parser.add_argument("--write", action="store_true", help="update docs/PERFORMANCE.md")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -193,7 +227,7 @@ def main(argv=None) -> None:
     grid = [float(e) for e in args.eps.split(",")]
     lines = []
     for run in runs:
-        lines += race(run, args.n, grid, device, args.published, args.adaptive) + [""]
+        lines += race(run, args.n, grid, device, args.published, args.adaptive, args.copies) + [""]
         print("\n".join(lines), flush=True)
     if args.write:
         write_section("bench_autoattack", "## AutoAttack: `benchmarks/bench_autoattack.py`\n\n" + "\n".join(lines).rstrip())

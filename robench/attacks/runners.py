@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import RobenchError
 from .failure import PathTracer, merge
+from .fast_copy import attack_model
 from .foolbox_engine import _seeded, _torch_module, average_gradients, foolbox_model, forked_rng
 from .specs import AttackSpec
 from .verify import _clean_correct, verify_adversarials
@@ -86,7 +87,8 @@ def fixed_eps_outcomes(
         if eps == 0 or len(labels) == 0:
             return Outcome(correct.float().cpu())
         indices = torch.arange(len(labels)) if indices is None else indices
-        attacked = _torch_module(surrogate if surrogate is not None and spec.uses_gradients else fmodel)
+        searched = surrogate if surrogate is not None and spec.uses_gradients else fmodel
+        attacked = attack_model(_torch_module(searched), spec.votes)  # the copy to search with (fast_copy)
         robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
         failures = []
         attack = spec.build() if spec.engine == "foolbox" else None  # one instance: its repeats draw anew
@@ -154,9 +156,11 @@ def minimal_distances(
     if len(labels) == 0:
         return torch.zeros(0, dtype=torch.float64)
     attack = spec.build()
-    with _seeded(spec, attack, seed, indices, len(labels)), frozen_parameters(_torch_module(fmodel)), \
-            torch.enable_grad():  # fmt: skip
-        advs, _, _ = attack(fmodel, images, labels, epsilons=None)
+    module = _torch_module(fmodel)
+    searched = attack_model(module, spec.votes)
+    searched_fmodel = fmodel if searched is module else foolbox_model(searched, images.device)
+    with _seeded(spec, attack, seed, indices, len(labels)), frozen_parameters(module), torch.enable_grad():
+        advs, _, _ = attack(searched_fmodel, images, labels, epsilons=None)
     advs = advs.detach()
     fooled = verify_adversarials(fmodel, images, advs, labels, None, spec.norm, votes=spec.votes)
     # CW's "nothing found" marker (its tanh parametrization never yields an exactly all-zero image).
