@@ -164,8 +164,13 @@ def race(run: str, n: int, grid: list[float], device, published: bool, adaptive:
     if adaptive:
         fast = robench_autoattack(source, n, grid, device, suite=ADAPTIVE)
         methods.append((f"robench `--attack {ADAPTIVE}` (3 targets, Square's adaptive budget)", *fast[:2]))
-    shipped = ("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps), per ε",
-               *torchattacks_autoattack(model, x, y, grid, published=False))  # fmt: skip
+    # torchattacks' shipped suite; with --copies also on robench's channels_last copy, the two interleaved per ε
+    # so that drift of the machine hits both alike
+    runs = [torchattacks_autoattack(model, x, y, [e], published=False, attacked=attacked)
+            for e in grid for attacked in ((None, attack_model(model)) if copies else (None,))]  # fmt: skip
+    merged = [(sum(r[0] for r in runs[k :: 1 + copies]), {e: r[1][e] for r, e in zip(runs[k :: 1 + copies], grid)})
+              for k in range(1 + copies)]  # fmt: skip
+    shipped = ("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps), per ε", *merged[0])
     others = [shipped]
     if published:
         others.append(("torchattacks' four attacks at AutoAttack's published settings (100 steps), per ε",
@@ -176,8 +181,7 @@ def race(run: str, n: int, grid: list[float], device, published: bool, adaptive:
         methods.append((f"robench `--attack {ADAPTIVE if adaptive else 'autoattack'}` searching on the model itself "
                         "(`ROBENCH_FAST_COPY=0`)", *own[:2]))  # fmt: skip
         others.append(("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps) on robench's "
-                       "channels_last copy of the model, per ε",
-                       *torchattacks_autoattack(model, x, y, grid, published=False, attacked=attack_model(model))))  # fmt: skip
+                       "channels_last copy of the model, per ε", *merged[1]))  # fmt: skip
     methods += others
     lines = [f"**`{run}`** (defense: {source.defense}), first {n} MNIST test images, L∞; "
              f"{device_label(device)}, torch {torch.__version__}", "",

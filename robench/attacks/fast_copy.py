@@ -1,6 +1,6 @@
 """The model the attacks search with: on a CPU, a copy of a convolutional model with its weights and inputs in
 channels_last memory order, where PyTorch's CPU kernels run faster than in the default order: max pooling
-above all (LeNet''s first pool, 60 images: 3.6 ms in the default order, 0.34 ms in channels_last; convolutions
+above all (the first pool of LeNet', 60 images: 3.6 ms in the default order, 0.34 ms in channels_last; convolutions
 about equal). Measured on 2 cores, torch 2.14.1: forward pass 1.4x on the demo LeNet', 1.46x on LeNet-5, 1.5x on
 ResNet-18 (CIFAR shape); forward and backward 1.15x, 1.46x and 1.13x. Square, a forward pass per query, gains
 the most (benchmarks/bench_autoattack.py --copies).
