@@ -167,7 +167,7 @@ def race(run: str, n: int, grid: list[float], device, published: bool, adaptive:
     # torchattacks' shipped suite; with --copies also on robench's channels_last copy, the two interleaved per ε
     # so that drift of the machine hits both alike
     runs = [torchattacks_autoattack(model, x, y, [e], published=False, attacked=attacked)
-            for e in grid for attacked in ((None, attack_model(model)) if copies else (None,))]  # fmt: skip
+            for e in grid for attacked in ((None, attack_model(model, x)) if copies else (None,))]  # fmt: skip
     merged = [(sum(r[0] for r in runs[k :: 1 + copies]), {e: r[1][e] for r, e in zip(runs[k :: 1 + copies], grid)})
               for k in range(1 + copies)]  # fmt: skip
     shipped = ("torchattacks `AutoAttack(version=\"standard\")` as shipped (10 steps), per ε", *merged[0])

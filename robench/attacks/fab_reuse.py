@@ -43,7 +43,7 @@ class FabTargets:
         """Which of the images `rows` (indices into x) FAB-T breaks at ε, as `fixed_eps_outcomes` would
         find running it at ε alone. Bool (len(rows),)."""
         searched = surrogate if surrogate is not None and spec.uses_gradients else fmodel
-        attacked = attack_model(_torch_module(searched), spec.votes)  # the copy to search with (fast_copy)
+        attacked = attack_model(_torch_module(searched), x[rows], spec.votes)  # the copy to search with (fast_copy)
         limit = torch.tensor(eps, dtype=torch.float32)
         if self.size is None:
             with torch.no_grad():

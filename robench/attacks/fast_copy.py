@@ -18,11 +18,13 @@ from __future__ import annotations
 import copy
 import os
 import weakref
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
-_COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_KEPT = 4  # copies kept at once (a model and its surrogate alternate); bounded, so a copy never leaks for long
+_COPIES: "OrderedDict[int, tuple]" = OrderedDict()  # id(model) -> (weakref to model, state, copy or model)
 
 
 class ChannelsLast(nn.Module):
@@ -36,23 +38,50 @@ class ChannelsLast(nn.Module):
         return self.net(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
 
 
-def attack_model(model: nn.Module, votes: int = 1) -> nn.Module:
-    """The module an attack should search with: `model`'s channels_last copy where that is faster (see the
-    module docstring), else `model` itself. The copy is made once per state of the model's weights."""
-    if votes > 1 or os.environ.get("ROBENCH_FAST_COPY", "1") == "0" or not _worth_copying(model):
+def attack_model(model: nn.Module, sample: torch.Tensor, votes: int = 1) -> nn.Module:
+    """The module an attack should search with on inputs like `sample`: `model`'s channels_last copy where that
+    is faster (see the module docstring), else `model` itself.
+
+    The copy is made once per state of the weights (their version counters) and, before every use, checked
+    to give the model's logits on the first image of `sample` (within 1e-4 relative): a copy gone stale
+    through writes the counters miss (`p.data.add_`, an attribute such as a temperature) is made again, and
+    a model whose copy computes something else or fails (a `.view` on channels_last activations, a module
+    deepcopy cannot handle, randomness the evaluation did not detect) is searched as it is."""
+    if votes > 1 or os.environ.get("ROBENCH_FAST_COPY", "1") == "0" or len(sample) == 0 or not _worth_copying(model):
         return model
     state = _state(model)
-    cached = _COPIES.get(model)
-    if cached is not None and cached[0] == state:
-        return cached[1]
+    kept = _COPIES.get(id(model))
+    if kept is not None and kept[0]() is model and kept[1] == state:
+        if kept[2] is model or _same_function(model, kept[2], sample):
+            return kept[2]
+    fast = _copy(model)
+    if fast is not model and not _same_function(model, fast, sample):
+        fast = model
+    _COPIES.pop(id(model), None)
+    _COPIES[id(model)] = (weakref.ref(model), state, fast)
+    while len(_COPIES) > _KEPT:
+        _COPIES.popitem(last=False)
+    return fast
+
+
+def _copy(model: nn.Module) -> nn.Module:
     try:
         fast = ChannelsLast(copy.deepcopy(model).to(memory_format=torch.channels_last)).eval()
     except Exception:  # a module deepcopy or .to() cannot handle: search with the model itself
         return model
     for parameter in fast.parameters():
         parameter.requires_grad_(False)
-    _COPIES[model] = (state, fast)
     return fast
+
+
+def _same_function(model: nn.Module, fast: nn.Module, sample: torch.Tensor) -> bool:
+    try:
+        with torch.no_grad():
+            expected, got = model(sample[:1]), fast(sample[:1])
+        return expected.shape == got.shape and bool(
+            torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * (1 + float(expected.abs().max()))))
+    except Exception:  # the copy cannot run what the model runs
+        return False
 
 
 def _worth_copying(model: nn.Module) -> bool:

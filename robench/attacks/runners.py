@@ -88,7 +88,7 @@ def fixed_eps_outcomes(
             return Outcome(correct.float().cpu())
         indices = torch.arange(len(labels)) if indices is None else indices
         searched = surrogate if surrogate is not None and spec.uses_gradients else fmodel
-        attacked = attack_model(_torch_module(searched), spec.votes)  # the copy to search with (fast_copy)
+        attacked = attack_model(_torch_module(searched), images, spec.votes)  # the copy to search with (fast_copy)
         robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
         failures = []
         attack = spec.build() if spec.engine == "foolbox" else None  # one instance: its repeats draw anew
@@ -157,7 +157,7 @@ def minimal_distances(
         return torch.zeros(0, dtype=torch.float64)
     attack = spec.build()
     module = _torch_module(fmodel)
-    searched = attack_model(module, spec.votes)
+    searched = attack_model(module, images, spec.votes)
     searched_fmodel = fmodel if searched is module else foolbox_model(searched, images.device)
     with _seeded(spec, attack, seed, indices, len(labels)), frozen_parameters(module), torch.enable_grad():
         advs, _, _ = attack(searched_fmodel, images, labels, epsilons=None)
