@@ -1,4 +1,5 @@
-"""Training of the tiny models the certification tests build themselves (seconds on one core)."""
+"""Small models the tests share: training of the tiny ones the certification tests build themselves (seconds on
+one core), and a wrapper counting the examples a model's forward passes carry."""
 
 from __future__ import annotations
 
@@ -20,3 +21,15 @@ def train_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) 
             loss.backward()
             opt.step()
     return model.eval()
+
+
+class CountingModel(nn.Module):
+    """The model, counting the examples its forward passes carry (a query count; a deepcopy counts on its own)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.examples = model, 0
+
+    def forward(self, x):
+        self.examples += len(x)
+        return self.model(x)

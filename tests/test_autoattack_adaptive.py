@@ -9,7 +9,6 @@ import dataclasses
 
 import pytest
 import torch
-from torch import nn
 
 from robench.attacks import fixed_eps_accuracy, foolbox_model, load_specs
 from robench.attacks import torchattacks_engine
@@ -19,6 +18,7 @@ from robench.attacks.runners import fixed_eps_outcomes
 from robench.attacks.suites import load_suites
 from robench.data import to_unit_float
 from robench.errors import RobenchError
+from small_models import CountingModel
 
 N = 60
 
@@ -27,18 +27,6 @@ N = 60
 def batch(mnist_test_small):
     x, y = mnist_test_small
     return to_unit_float(x[:N]), y[:N]
-
-
-class CountingModel(nn.Module):
-    """The model, counting the examples its forward passes carry (a query count)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.examples = model, 0
-
-    def forward(self, x):
-        self.examples += len(x)
-        return self.model(x)
 
 
 def test_the_suite_and_its_members():

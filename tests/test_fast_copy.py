@@ -12,18 +12,7 @@ from robench.attacks.fast_copy import attack_model
 from robench.attacks.runners import fixed_eps_outcomes
 from robench.checkpoint import load
 from robench.data import to_unit_float
-
-
-class Counting(nn.Module):
-    """`net`, counting the images its forward pass sees (a deepcopy counts on its own)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net, self.images = net, 0
-
-    def forward(self, x):
-        self.images += len(x)
-        return self.net(x)
+from small_models import CountingModel
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +102,12 @@ def test_no_copy_where_it_cannot_help_or_would_change_the_model(lenet, trained_m
 def test_the_search_runs_on_the_copy_and_the_verdict_on_the_model(lenet, images, monkeypatch):
     x, y = images[0][:30], images[1][:30]
     spec = load_specs()["pgd"]
-    counted = Counting(lenet).eval()
+    counted = CountingModel(lenet).eval()
     robust = fixed_eps_outcomes(spec, foolbox_model(counted, "cpu"), x, y, 0.15, seed=0).robust
     # clean predictions and the re-check of the returned points: a few passes over the 30 images; the
     # 40 PGD steps ran on the copy
-    assert counted.images <= 4 * len(y)
-    assert attack_model(counted, x).net.images >= 20 * len(y)
+    assert counted.examples <= 4 * len(y)
+    assert attack_model(counted, x).net.examples >= 20 * len(y)
     assert 0 < robust.mean() < 1  # the attack broke some and not all: the comparison below means something
     monkeypatch.setenv("ROBENCH_FAST_COPY", "0")
     plain = fixed_eps_outcomes(spec, foolbox_model(lenet, "cpu"), x, y, 0.15, seed=0).robust

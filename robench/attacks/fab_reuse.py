@@ -21,9 +21,7 @@ from typing import Any
 
 import torch
 
-from .fast_copy import attack_model
-from .runners import frozen_parameters
-from .foolbox_engine import _torch_module
+from .runners import frozen_parameters, searching_module
 from .specs import AttackSpec
 from .torchattacks_engine import target_count
 from .verify import verify_adversarials
@@ -42,8 +40,7 @@ class FabTargets:
                eps: float, *, seed: int, surrogate: Any = None) -> torch.Tensor:  # fmt: skip
         """Which of the images `rows` (indices into x) FAB-T breaks at ε, as `fixed_eps_outcomes` would
         find running it at ε alone. Bool (len(rows),)."""
-        searched = surrogate if surrogate is not None and spec.uses_gradients else fmodel
-        attacked = attack_model(_torch_module(searched), x[rows], spec.votes)  # the copy to search with (fast_copy)
+        attacked = searching_module(spec, fmodel, surrogate, x[rows[:1]])
         limit = torch.tensor(eps, dtype=torch.float32)
         if self.size is None:
             with torch.no_grad():

@@ -87,8 +87,7 @@ def fixed_eps_outcomes(
         if eps == 0 or len(labels) == 0:
             return Outcome(correct.float().cpu())
         indices = torch.arange(len(labels)) if indices is None else indices
-        searched = surrogate if surrogate is not None and spec.uses_gradients else fmodel
-        attacked = attack_model(_torch_module(searched), images, spec.votes)  # the copy to search with (fast_copy)
+        attacked = searching_module(spec, fmodel, surrogate, images)
         robust = torch.zeros(len(labels), dtype=torch.float32, device=correct.device)
         failures = []
         attack = spec.build() if spec.engine == "foolbox" else None  # one instance: its repeats draw anew
@@ -107,6 +106,13 @@ def fixed_eps_outcomes(
                     broken |= on_path
                 robust += (correct & ~broken).float()
     return Outcome((robust / spec.repeats).cpu(), merge(failures))
+
+
+def searching_module(spec: AttackSpec, fmodel: Any, surrogate: Any, sample: torch.Tensor) -> nn.Module:
+    """The module an attack searches with: the surrogate's for a gradient attack given one, else the model's,
+    as its channels_last copy where that is faster (`fast_copy.attack_model`, checked on `sample`)."""
+    searched = surrogate if surrogate is not None and spec.uses_gradients else fmodel
+    return attack_model(_torch_module(searched), sample, spec.votes)
 
 
 def _adversarials(spec, attack, model, images, labels, eps, seed, indices, tracer) -> torch.Tensor:
