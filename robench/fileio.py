@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -135,7 +136,9 @@ def ensure_writable_dir(directory: str | os.PathLike, failure: str) -> Path:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".robench-write-test"
+        # a name of this process's own: two evaluations checking one folder at once must not remove
+        # each other's probe (a shared name failed one of them with "No such file or directory")
+        probe = directory / f".robench-write-test.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         write_text_atomic(probe, "")
         probe.unlink()
     except OSError as exc:

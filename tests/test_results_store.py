@@ -79,6 +79,22 @@ def test_two_evals_on_one_store_lose_nothing(tmp_path, trained_run, jr_run, case
     assert len(per_row) == len(rows) and (per_row == 100).all()  # every row kept all its outcomes
 
 
+def test_writers_checking_one_folder_at_once_never_fail(tmp_path):
+    """Every evaluation proves its results folder writable before it starts; two starting together once
+    removed each other's probe file and one failed with "No such file or directory" (seen in CI)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from robench.fileio import ensure_writable_dir
+
+    def check(_):
+        for _ in range(100):
+            ensure_writable_dir(tmp_path, "cannot write results")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(check, range(4)))  # re-raises the first failure
+    assert list(tmp_path.iterdir()) == []  # no probe left behind
+
+
 def test_worst_case_is_the_per_example_and_of_the_attacks(study):
     rows, per_example = read_results(study), outcomes(study)
     worst = rows[rows["attack"] == "worst_case"]
