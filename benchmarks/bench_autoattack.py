@@ -29,12 +29,12 @@ docs/PERFORMANCE.md between this benchmark's markers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
@@ -133,18 +133,9 @@ def adaptive_lines(ours: tuple[float, dict], adaptive: tuple[float, dict, list],
             f"(goal: at most +0.5). Per member: " + ", ".join(f"{m} {s:.0f} s" for m, s in by_member.items())]
 
 
-@contextlib.contextmanager
 def fast_copy_off():
     """robench's attacks search on the model itself, not on its channels_last copy (`robench.attacks.fast_copy`)."""
-    before = os.environ.get("ROBENCH_FAST_COPY")
-    os.environ["ROBENCH_FAST_COPY"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["ROBENCH_FAST_COPY"]
-        else:
-            os.environ["ROBENCH_FAST_COPY"] = before
+    return mock.patch.dict(os.environ, {"ROBENCH_FAST_COPY": "0"})
 
 
 def race(run: str, n: int, grid: list[float], device, published: bool, adaptive: bool = False,

@@ -24,25 +24,12 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 DEMO_RUNS = ["checkpoints/demo/lenet-plain", "checkpoints/demo/lenet-jr0.01-normalized"]
 
 
-class Bf16Search(nn.Module):
-    """`net` run under CPU bf16 autocast, its logits handed back in fp32 (the margins Square compares)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.net(x).float()
-
-
 def main(argv=None) -> None:
-    from common import device_label, write_section
+    from common import Bf16Search, device_label, write_section
 
     from robench.attacks.failure import margins
     from robench.attacks.fast_copy import attack_model

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 PERFORMANCE_MD = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 
@@ -37,3 +38,16 @@ def write_section(name: str, body: str) -> None:
         text = text.rstrip() + f"\n\n{start}\n{body}\n{end}\n"
     PERFORMANCE_MD.write_text(text)
     print(f"updated {PERFORMANCE_MD}", file=sys.stderr)
+
+
+class Bf16Search(nn.Module):
+    """`net` run under CPU bf16 autocast, its logits handed back in fp32 (what a search in bf16 would see;
+    robench does not search in bf16: benchmarks/bench_square_bf16.py measures why)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x).float()
