@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     images, labels = load_dataset("mnist", "test", subset=args.first + args.n)
     x, y = to_unit_float(images[args.first :]), labels[args.first :]
     lines = [f"Test images {args.first}-{args.first + args.n - 1}, L∞, `square-pe` (5000 queries) alone on every "
-             f"correctly classified one, on robench's channels_last copy in fp32 and under bf16 autocast, interleaved "
+             f"correctly classified one (seed 0, draws per example), on robench's channels_last copy in fp32 and under bf16 autocast, interleaved "
              f"per ε; every point re-checked in fp32 on the model; {device_label(torch.device('cpu'))}, "
              f"torch {torch.__version__}.", "",
              "| model | ε | correct | fp32: breaks, s | bf16: breaks, s | speed-up | lost / gained by bf16 | bf16 false claims |",
